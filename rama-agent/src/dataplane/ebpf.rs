@@ -1,0 +1,761 @@
+//! The eBPF backend: loads Rama's programs, pins maps and links under the node's pin
+//! directory, attaches the programs and keeps the maps equal to the desired state.
+//!
+//! Pinning is what makes agent restarts and upgrades hitless: the maps outlive the
+//! process, and links are replaced by attaching the new program first (TCX ordering)
+//! and only then releasing the old link.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use rama_common::{
+    ABI_VERSION, Endpoint, IpKey, NeighEntry, NeighKey, NodeConfig, RemoteEndpoint, SubnetInfo,
+    counters::{COUNTER_SLOTS, Counter, Program, REASON_COUNT, Reason},
+    flags, names,
+};
+use serde::Serialize;
+
+use super::{ApplyReport, Dataplane, DataplaneConfig, host};
+use crate::{
+    Error, Result, defaults,
+    net::Netlink,
+    state::{Fabric, ValidState},
+};
+
+/// The compiled programs, built by build.rs with aya-build.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rama"));
+
+/// Map capacities, set at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub local_endpoints: u32,
+    pub remote_endpoints: u32,
+    pub subnets: u32,
+    pub neighbours: u32,
+    pub nodes: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            local_endpoints: defaults::MAX_LOCAL_ENDPOINTS,
+            remote_endpoints: defaults::MAX_REMOTE_ENDPOINTS,
+            subnets: defaults::MAX_SUBNETS,
+            neighbours: defaults::MAX_NEIGHBOURS,
+            nodes: defaults::MAX_NODES,
+        }
+    }
+}
+
+pub fn ip_key(ip: IpAddr) -> IpKey {
+    match ip {
+        IpAddr::V4(a) => IpKey::v4(a.octets()),
+        IpAddr::V6(a) => IpKey::v6(a.octets()),
+    }
+}
+
+fn lpm_key(net: ipnet::IpNet) -> Key<[u8; 16]> {
+    let key = ip_key(net.network());
+    Key::new(key.lpm_bits(u32::from(net.prefix_len())), key.addr)
+}
+
+/// The pin directory of this ABI version below `root`.
+pub fn versioned_pin_dir(root: &Path) -> PathBuf {
+    root.join(format!("v{ABI_VERSION}"))
+}
+
+/// The eBPF backend.
+pub struct EbpfDataplane {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    capacity: Capacity,
+    /// Links this process pinned, by pin file name.
+    attached: HashSet<String>,
+    nl: Option<Netlink>,
+}
+
+impl EbpfDataplane {
+    /// Loads and verifies the programs, reusing pinned maps under `config.pin_dir`.
+    /// Fails with `EbpfUnavailable` when the kernel cannot run them.
+    pub fn new(config: &DataplaneConfig) -> Result<Self> {
+        if OBJECT.is_empty() {
+            return Err(Error::EbpfUnavailable(
+                "this build has no eBPF object (built with AYA_BUILD_SKIP)".into(),
+            ));
+        }
+        check_bpffs(&config.pin_dir)?;
+        let pin_dir = versioned_pin_dir(&config.pin_dir);
+        let maps_dir = pin_dir.join("maps");
+        std::fs::create_dir_all(&maps_dir)
+            .map_err(|e| Error::io(format!("creating pin directory {}", maps_dir.display()), e))?;
+        std::fs::create_dir_all(pin_dir.join("links"))
+            .map_err(|e| Error::io(format!("creating {}", pin_dir.display()), e))?;
+        let cap = config.capacity;
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(names::MAP_ENDPOINTS, cap.local_endpoints * 2)
+            .map_max_entries(names::MAP_EP_BY_IF, cap.local_endpoints)
+            .map_max_entries(names::MAP_REMOTES, cap.remote_endpoints)
+            .map_max_entries(names::MAP_SUBNETS, cap.subnets)
+            .map_max_entries(names::MAP_NEIGH, cap.neighbours)
+            .map_max_entries(names::MAP_VTEPS, cap.nodes);
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| Error::EbpfUnavailable(format!("loading the eBPF object: {e}")))?;
+        for name in [
+            names::PROG_POD_EGRESS,
+            names::PROG_UPLINK_INGRESS,
+            names::PROG_VXLAN_INGRESS,
+        ] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|e| Error::EbpfUnavailable(format!("verifying {name}: {e}")))?;
+        }
+        let xdp: &mut Xdp = program(&mut ebpf, names::PROG_UPLINK_XDP)?;
+        xdp.load().map_err(|e| {
+            Error::EbpfUnavailable(format!("verifying {}: {e}", names::PROG_UPLINK_XDP))
+        })?;
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            capacity: cap,
+            attached: HashSet::new(),
+            nl: None,
+        })
+    }
+
+    /// The loaded object, for BPF_PROG_TEST_RUN in tests and benches.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    fn netlink(&mut self) -> Result<Netlink> {
+        if let Some(nl) = &self.nl {
+            return Ok(nl.clone());
+        }
+        let nl = Netlink::connect()?;
+        self.nl = Some(nl.clone());
+        Ok(nl)
+    }
+
+    fn check_capacity(&self, state: &ValidState) -> Result<()> {
+        let s = &state.state;
+        let checks: [(&'static str, usize, u32); 5] = [
+            (
+                names::MAP_EP_BY_IF,
+                s.endpoints.len(),
+                self.capacity.local_endpoints,
+            ),
+            (
+                names::MAP_ENDPOINTS,
+                s.endpoints
+                    .iter()
+                    .map(|e| usize::from(e.ipv4.is_some()) + usize::from(e.ipv6.is_some()))
+                    .sum(),
+                self.capacity.local_endpoints * 2,
+            ),
+            (
+                names::MAP_REMOTES,
+                s.remote_endpoints.len(),
+                self.capacity.remote_endpoints,
+            ),
+            (names::MAP_SUBNETS, s.subnets.len(), self.capacity.subnets),
+            (names::MAP_VTEPS, s.remote_nodes.len(), self.capacity.nodes),
+        ];
+        for (map, wanted, capacity) in checks {
+            if wanted > capacity as usize {
+                return Err(Error::MapFull {
+                    map,
+                    wanted,
+                    capacity,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::EbpfUnavailable(format!("the object has no map {name}")))
+    }
+
+    /// Writes every map from the state; stale entries are removed after the new ones
+    /// are in, so no lookup that should succeed ever misses during an update.
+    fn sync_maps(
+        &mut self,
+        state: &ValidState,
+        links: &host::Links,
+        vxlan_ifindex: u32,
+        report: &mut ApplyReport,
+    ) -> Result<()> {
+        let s = &state.state;
+        let config = NodeConfig {
+            uplink_ifindex: links.uplink.index,
+            vxlan_ifindex,
+            vni: state.overlay_vni.unwrap_or(0),
+            flags: 0,
+            uplink_mac: links.uplink.mac.0,
+            vtep_mac: s.node.vtep_mac.0,
+        };
+        let mut cfg: Array<_, NodeConfig> = Array::try_from(self.map_mut(names::MAP_CONFIG)?)
+            .map_err(|e| Error::ebpf("opening RAMA_CONFIG", e))?;
+        cfg.set(0, config, 0)
+            .map_err(|e| Error::ebpf("writing RAMA_CONFIG", e))?;
+
+        // Subnets: keep a gateway MAC resolved earlier unless the operator pins one.
+        let neigh: BpfHashMap<_, NeighKey, NeighEntry> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_NEIGH)?)
+                .map_err(|e| Error::ebpf("opening RAMA_NEIGH", e))?;
+        let mut subnet_infos = Vec::new();
+        for subnet in &s.subnets {
+            let mut info = SubnetInfo {
+                id: state.subnet_id(subnet),
+                flags: 0,
+                vni: 0,
+                vlan: 0,
+                gateway_mac: [0; 6],
+            };
+            match subnet.fabric {
+                Fabric::Underlay { vlan } => {
+                    info.flags |= flags::UNDERLAY;
+                    info.vlan = vlan;
+                    let learned = subnet.gateway.and_then(|gw| {
+                        let key = NeighKey {
+                            addr: ip_key(gw).addr,
+                            vlan,
+                            _pad: [0; 2],
+                        };
+                        neigh.get(&key, 0).ok().map(|n| n.mac)
+                    });
+                    match subnet.gateway_mac.map(|m| m.0).or(learned) {
+                        Some(mac) => {
+                            info.gateway_mac = mac;
+                            info.flags |= flags::GATEWAY_MAC_KNOWN;
+                        }
+                        None => report.notes.push(format!(
+                            "subnet {:?}: gateway {} MAC not resolved yet",
+                            subnet.name,
+                            subnet.gateway.map(|g| g.to_string()).unwrap_or_default()
+                        )),
+                    }
+                }
+                Fabric::Overlay { vni } => {
+                    info.flags |= flags::OVERLAY;
+                    info.vni = vni;
+                }
+            }
+            subnet_infos.push((lpm_key(subnet.cidr), info));
+        }
+        let mut subnets: LpmTrie<_, [u8; 16], SubnetInfo> =
+            LpmTrie::try_from(self.map_mut(names::MAP_SUBNETS)?)
+                .map_err(|e| Error::ebpf("opening RAMA_SUBNETS", e))?;
+        let wanted: HashSet<(u32, [u8; 16])> = subnet_infos
+            .iter()
+            .map(|(k, _)| (k.prefix_len(), k.data()))
+            .collect();
+        for (key, info) in &subnet_infos {
+            subnets
+                .insert(key, *info, 0)
+                .map_err(|e| Error::ebpf("writing RAMA_SUBNETS", e))?;
+        }
+        let stale: Vec<Key<[u8; 16]>> = subnets
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for key in stale {
+            let _ = subnets.remove(&key);
+        }
+
+        // Local endpoints, by IP and by host ifindex.
+        let mut by_ip: HashMap<IpKey, Endpoint> = HashMap::new();
+        let mut by_if: HashMap<u32, Endpoint> = HashMap::new();
+        for (ep, link) in s.endpoints.iter().zip(&links.endpoints) {
+            let mut value = Endpoint {
+                ifindex: link.index,
+                flags: 0,
+                mac: ep.mac.0,
+                host_mac: link.mac.0,
+                ipv4: [0; 4],
+                ipv6: [0; 16],
+            };
+            match state.endpoint_fabric(ep) {
+                Some(Fabric::Underlay { .. }) => value.flags |= flags::UNDERLAY,
+                Some(Fabric::Overlay { .. }) => value.flags |= flags::OVERLAY,
+                None => {}
+            }
+            if let Some(a) = ep.ipv4 {
+                value.flags |= flags::HAS_V4;
+                value.ipv4 = a.octets();
+            }
+            if let Some(a) = ep.ipv6 {
+                value.flags |= flags::HAS_V6;
+                value.ipv6 = a.octets();
+            }
+            for ip in host::endpoint_routes(ep) {
+                by_ip.insert(ip_key(ip.addr()), value);
+            }
+            by_if.insert(link.index, value);
+        }
+        sync_hash(
+            self.map_mut(names::MAP_ENDPOINTS)?,
+            names::MAP_ENDPOINTS,
+            &by_ip,
+        )?;
+        sync_hash(
+            self.map_mut(names::MAP_EP_BY_IF)?,
+            names::MAP_EP_BY_IF,
+            &by_if,
+        )?;
+
+        // Remote endpoints and the VTEP allow-list.
+        let mut remotes: HashMap<IpKey, RemoteEndpoint> = HashMap::new();
+        for r in &s.remote_endpoints {
+            let (Some(node), Some(subnet)) = (state.remote_node(&r.node), state.subnet_of(r.ip))
+            else {
+                continue; // validated: cannot happen
+            };
+            let mut value = RemoteEndpoint {
+                vtep: ip_key(node.vtep_ip).addr,
+                vtep_mac: node.vtep_mac.0,
+                node_mac: node.uplink_mac.0,
+                subnet_id: state.subnet_id(subnet),
+                flags: 0,
+                vlan: 0,
+                _pad: [0; 2],
+            };
+            if node.vtep_ip.is_ipv6() {
+                value.flags |= flags::VTEP_V6;
+            }
+            match subnet.fabric {
+                Fabric::Underlay { vlan } => {
+                    value.flags |= flags::UNDERLAY;
+                    value.vlan = vlan;
+                }
+                Fabric::Overlay { .. } => value.flags |= flags::OVERLAY,
+            }
+            remotes.insert(ip_key(r.ip), value);
+        }
+        sync_hash(
+            self.map_mut(names::MAP_REMOTES)?,
+            names::MAP_REMOTES,
+            &remotes,
+        )?;
+        let vteps: HashMap<IpKey, u32> = s
+            .remote_nodes
+            .iter()
+            .map(|n| (ip_key(n.vtep_ip), 1))
+            .collect();
+        sync_hash(self.map_mut(names::MAP_VTEPS)?, names::MAP_VTEPS, &vteps)?;
+        let vlans: HashMap<u16, u32> = s
+            .subnets
+            .iter()
+            .filter_map(|s| match s.fabric {
+                Fabric::Underlay { vlan } => Some((vlan, 1)),
+                Fabric::Overlay { .. } => None,
+            })
+            .collect();
+        sync_hash(self.map_mut(names::MAP_VLANS)?, names::MAP_VLANS, &vlans)?;
+        report.endpoints = s.endpoints.len();
+        report.remote_endpoints = remotes.len();
+        report.subnets = s.subnets.len();
+        Ok(())
+    }
+
+    /// Attaches a TC program to `ifname` ingress and pins the link; a link pinned by an
+    /// earlier agent is released only after the new one is in place.
+    fn attach_tc(&mut self, prog_name: &'static str, ifname: &str, ifindex: u32) -> Result<()> {
+        let pin_name = format!("{prog_name}@{ifindex}");
+        if self.attached.contains(&pin_name) {
+            return Ok(());
+        }
+        let pin_path = self.pin_dir.join("links").join(&pin_name);
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, prog_name)?;
+        let what = || format!("attaching {prog_name} to {ifname}");
+        let tcx = aya::util::KernelVersion::current()
+            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+            .unwrap_or(false);
+        if !tcx {
+            // Before 6.6 there is no TCX: netlink attach under a clsact qdisc, which
+            // the kernel keeps until it is removed (no link to pin).
+            match aya::programs::tc::qdisc_add_clsact(ifname) {
+                Ok(()) => {}
+                Err(aya::programs::tc::TcError::AlreadyAttached) => {}
+                Err(e) => return Err(Error::ebpf(format!("adding clsact to {ifname}"), e)),
+            }
+            let id = prog
+                .attach(ifname, TcAttachType::Ingress)
+                .map_err(|e| Error::ebpf(what(), e))?;
+            let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
+            std::mem::forget(link);
+            self.attached.insert(pin_name);
+            return Ok(());
+        }
+        let id = prog
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::first()),
+            )
+            .map_err(|e| Error::ebpf(what(), e))?;
+        let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf(what(), e))?;
+        release_pinned(&pin_path);
+        fd_link
+            .pin(&pin_path)
+            .map_err(|e| Error::ebpf(format!("pinning {}", pin_path.display()), e))?;
+        self.attached.insert(pin_name);
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let prog_name = names::PROG_UPLINK_XDP;
+        let pin_name = format!("{prog_name}@{ifindex}");
+        if self.attached.contains(&pin_name) {
+            return Ok(());
+        }
+        let pin_path = self.pin_dir.join("links").join(&pin_name);
+        // Only one XDP program per device: release the old one first. XDP is only a
+        // pre-filter, so the gap lets frames through to TC, it drops none.
+        release_pinned(&pin_path);
+        let prog: &mut Xdp = program(&mut self.ebpf, prog_name)?;
+        let what = || format!("attaching {prog_name} to {ifname}");
+        let id = prog
+            .attach(ifname, XdpMode::default())
+            .map_err(|e| Error::ebpf(what(), e))?;
+        let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf(what(), e))?;
+        fd_link
+            .pin(&pin_path)
+            .map_err(|e| Error::ebpf(format!("pinning {}", pin_path.display()), e))?;
+        self.attached.insert(pin_name);
+        Ok(())
+    }
+
+    /// Releases pinned links of interfaces that are no longer Rama's to serve.
+    fn release_stale_links(&mut self, wanted: &HashSet<String>) {
+        let dir = self.pin_dir.join("links");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !wanted.contains(&name) {
+                release_pinned(&entry.path());
+                self.attached.remove(&name);
+            }
+        }
+    }
+
+    async fn ensure_vxlan(&mut self, state: &ValidState, uplink_index: u32) -> Result<u32> {
+        let nl = self.netlink()?;
+        if state.overlay_vni.is_none() {
+            if let Some(link) = nl.link(defaults::VXLAN_DEVICE).await? {
+                nl.delete_link(link.index).await?;
+            }
+            return Ok(0);
+        }
+        // A collect-metadata ("external") device: one for every VNI and remote VTEP,
+        // addressed per packet by bpf_skb_set_tunnel_key.
+        let msg = rtnetlink::LinkVxlan::new(defaults::VXLAN_DEVICE, 0)
+            .collect_metadata(true)
+            .port(rama_common::VXLAN_PORT)
+            .learning(false)
+            .dev(uplink_index)
+            .address(state.state.node.vtep_mac.0.to_vec())
+            .build();
+        let link = nl.ensure_link(defaults::VXLAN_DEVICE, msg).await?;
+        if link.mac != state.state.node.vtep_mac {
+            nl.set_mac(link.index, state.state.node.vtep_mac).await?;
+        }
+        Ok(link.index)
+    }
+
+    /// Sends ARP/ND probes for underlay gateways whose MAC is unknown and waits briefly
+    /// for `rama_uplink_in` to learn the answers into RAMA_NEIGH.
+    fn resolve_gateways(&mut self, state: &ValidState, links: &host::Links) -> Result<bool> {
+        let mut probes = Vec::new();
+        for subnet in &state.state.subnets {
+            let (Fabric::Underlay { vlan }, Some(gw), None) =
+                (subnet.fabric, subnet.gateway, subnet.gateway_mac)
+            else {
+                continue;
+            };
+            // Speak as one of our pods in that subnet when there is one.
+            let sender = state.state.endpoints.iter().find_map(|e| {
+                host::endpoint_routes(e)
+                    .map(|n| n.addr())
+                    .find(|a| subnet.cidr.contains(a))
+            });
+            probes.push((vlan, gw, sender));
+        }
+        if probes.is_empty() {
+            return Ok(false);
+        }
+        let neigh: BpfHashMap<_, NeighKey, NeighEntry> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_NEIGH)?)
+                .map_err(|e| Error::ebpf("opening RAMA_NEIGH", e))?;
+        let known = |vlan: u16, gw: IpAddr| {
+            let key = NeighKey {
+                addr: ip_key(gw).addr,
+                vlan,
+                _pad: [0; 2],
+            };
+            neigh.get(&key, 0).is_ok()
+        };
+        let missing: Vec<_> = probes
+            .into_iter()
+            .filter(|(vlan, gw, _)| !known(*vlan, *gw))
+            .collect();
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        for (vlan, gw, sender) in &missing {
+            crate::net::probe::send(links.uplink.index, links.uplink.mac, *vlan, *gw, *sender)?;
+        }
+        for _ in 0..20 {
+            if missing.iter().all(|(vlan, gw, _)| known(*vlan, *gw)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(true)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| Error::EbpfUnavailable(format!("the object has no program {name}")))?;
+    prog.try_into()
+        .map_err(|e| Error::ebpf(format!("program {name}"), e))
+}
+
+/// Unpins and drops a pinned link (detaching it); absent is fine.
+fn release_pinned(path: &Path) {
+    if let Ok(link) = PinnedLink::from_pin(path) {
+        match link.unpin() {
+            Ok(fd_link) => drop(fd_link),
+            Err(e) => log::warn!("unpinning {}: {e}", path.display()),
+        }
+    } else if path.exists() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Makes a hash map equal to `wanted`: upsert everything, then delete the rest.
+fn sync_hash<K, V>(map: &mut Map, name: &'static str, wanted: &HashMap<K, V>) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let mut m: BpfHashMap<_, K, V> =
+        BpfHashMap::try_from(map).map_err(|e| Error::ebpf(format!("opening {name}"), e))?;
+    for (k, v) in wanted {
+        m.insert(k, v, 0)
+            .map_err(|e| Error::ebpf(format!("writing {name}"), e))?;
+    }
+    let stale: Vec<K> = m
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    for k in stale {
+        match m.remove(&k) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(Error::ebpf(format!("deleting from {name}"), e)),
+        }
+    }
+    Ok(())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS: &str = "/sys/fs/bpf";
+
+/// BPF maps can only be pinned on a bpffs mount (statfs magic BPF_FS_MAGIC). When the
+/// pins go under /sys/fs/bpf and nothing is mounted there, mount it, as systemd and
+/// Cilium do; a DaemonSet mounts the host's /sys/fs/bpf there instead.
+fn check_bpffs(pin_root: &Path) -> Result<()> {
+    if pin_root.starts_with(BPF_FS) && fs_magic(Path::new(BPF_FS)) != Some(BPF_FS_MAGIC) {
+        let src = c"bpf";
+        let target = c"/sys/fs/bpf";
+        // SAFETY: static NUL-terminated strings; no data argument.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            log::warn!(
+                "mounting bpffs on {BPF_FS}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    if fs_magic(pin_root) != Some(BPF_FS_MAGIC) {
+        return Err(Error::EbpfUnavailable(format!(
+            "{} is not on a bpffs mount (mount -t bpf bpf /sys/fs/bpf)",
+            pin_root.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The statfs magic of the filesystem holding `path` (or its nearest existing parent).
+fn fs_magic(path: &Path) -> Option<i64> {
+    let mut dir = path.to_path_buf();
+    while !dir.exists() {
+        if !dir.pop() {
+            return None;
+        }
+    }
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and out pointer.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+impl Dataplane for EbpfDataplane {
+    fn kind(&self) -> &'static str {
+        "ebpf"
+    }
+
+    async fn apply(&mut self, state: &ValidState) -> Result<ApplyReport> {
+        self.check_capacity(state)?;
+        let nl = self.netlink()?;
+        let links = host::resolve_links(&nl, state).await?;
+        host::apply(&nl, state, &links).await?;
+        let vxlan = self.ensure_vxlan(state, links.uplink.index).await?;
+        let mut report = ApplyReport::default();
+        self.sync_maps(state, &links, vxlan, &mut report)?;
+        if self.resolve_gateways(state, &links)? {
+            report = ApplyReport::default();
+            self.sync_maps(state, &links, vxlan, &mut report)?;
+        }
+
+        let mut wanted = HashSet::new();
+        let uplink = links.uplink.clone();
+        self.attach_tc(names::PROG_UPLINK_INGRESS, &uplink.name, uplink.index)?;
+        wanted.insert(format!("{}@{}", names::PROG_UPLINK_INGRESS, uplink.index));
+        self.attach_xdp(&uplink.name, uplink.index)?;
+        wanted.insert(format!("{}@{}", names::PROG_UPLINK_XDP, uplink.index));
+        if vxlan != 0 {
+            self.attach_tc(names::PROG_VXLAN_INGRESS, defaults::VXLAN_DEVICE, vxlan)?;
+            wanted.insert(format!("{}@{}", names::PROG_VXLAN_INGRESS, vxlan));
+        }
+        for link in &links.endpoints {
+            self.attach_tc(names::PROG_POD_EGRESS, &link.name, link.index)?;
+            wanted.insert(format!("{}@{}", names::PROG_POD_EGRESS, link.index));
+        }
+        self.release_stale_links(&wanted);
+        Ok(report)
+    }
+
+    async fn teardown(&mut self) -> Result<()> {
+        let mut errors = Vec::new();
+        self.release_stale_links(&HashSet::new());
+        match self.netlink() {
+            Ok(nl) => {
+                host::teardown(&nl, &mut errors).await;
+                match nl.link(defaults::VXLAN_DEVICE).await {
+                    Ok(Some(link)) => {
+                        if let Err(e) = nl.delete_link(link.index).await {
+                            errors.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(Error::io(format!("removing {}", self.pin_dir.display()), e));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let msg = errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(Error::Teardown(errors.len(), msg))
+        }
+    }
+}
+
+/// One counter, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CounterRow {
+    pub program: &'static str,
+    pub reason: &'static str,
+    pub drop: bool,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads the pinned counters of a node (no programs need to be loaded).
+pub fn read_counters(pin_root: &Path) -> Result<Vec<CounterRow>> {
+    let path = versioned_pin_dir(pin_root)
+        .join("maps")
+        .join(names::MAP_COUNTERS);
+    let data = MapData::from_pin(&path)
+        .map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+    let map = Map::from_map_data(data).map_err(|e| Error::ebpf("RAMA_COUNTERS", e))?;
+    let counters: PerCpuArray<_, Counter> =
+        PerCpuArray::try_from(map).map_err(|e| Error::ebpf("RAMA_COUNTERS", e))?;
+    let mut rows = Vec::new();
+    for program in Program::ALL {
+        for reason in Reason::ALL {
+            let slot = program as u32 * REASON_COUNT + reason as u32;
+            debug_assert!(slot < COUNTER_SLOTS);
+            let values = counters
+                .get(&slot, 0)
+                .map_err(|e| Error::ebpf("reading RAMA_COUNTERS", e))?;
+            let (packets, bytes) = values
+                .iter()
+                .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            rows.push(CounterRow {
+                program: program.label(),
+                reason: reason.label(),
+                drop: reason.is_drop(),
+                packets,
+                bytes,
+            });
+        }
+    }
+    Ok(rows)
+}

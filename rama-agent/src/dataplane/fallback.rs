@@ -1,0 +1,341 @@
+//! The policy-route fallback: the original Rama (Hybridnet) datapath, for kernels
+//! without the eBPF features Rama needs or when the operator forces it.
+//!
+//! | what | how |
+//! |---|---|
+//! | local pods | /32, /128 via the veth in `TABLE_LOCAL`, rule `lookup TABLE_LOCAL` first |
+//! | underlay subnet S on VLAN v | VLAN sub-interface of the uplink with proxy ARP/NDP; table `TABLE_UNDERLAY_BASE+id(S)`: `S dev vlan`, `default via gw`; rule `from S` |
+//! | overlay | a VXLAN device (VNI, local VTEP) with a permanent neighbour per remote pod (IP → remote VTEP MAC) and an FDB entry per remote node (VTEP MAC → VTEP IP) |
+//! | hybrid | rule `from S lookup TABLE_HYBRID` (overlay subnets via VXLAN) before S's own table; `TABLE_OVERLAY` also routes remote underlay pods via VXLAN for overlay senders |
+//! | overlay egress | masquerade (shared with the eBPF backend) |
+//!
+//! On the wire this is indistinguishable from the eBPF backend: the same VLAN tags,
+//! the same MACs answering ARP/ND for underlay pods (the uplink's, inherited by the
+//! VLAN sub-interface), the same VXLAN VNI and inner MACs.
+use std::{collections::HashSet, net::IpAddr};
+
+use ipnet::IpNet;
+
+use super::{ApplyReport, Dataplane, host};
+use crate::{
+    Error, Result, defaults,
+    net::{Link, Netlink, route_destination, sysctl},
+    state::{Fabric, ValidState},
+};
+
+/// IFLA_IFALIAS of the devices this backend creates.
+const ALIAS: &str = "rama:fallback";
+
+pub struct FallbackDataplane {
+    nl: Option<Netlink>,
+}
+
+impl FallbackDataplane {
+    pub fn new() -> Result<Self> {
+        Ok(Self { nl: None })
+    }
+
+    fn netlink(&mut self) -> Result<Netlink> {
+        if let Some(nl) = &self.nl {
+            return Ok(nl.clone());
+        }
+        let nl = Netlink::connect()?;
+        self.nl = Some(nl.clone());
+        Ok(nl)
+    }
+}
+
+/// The VLAN sub-interface name: `uplink.vlan` like ifupdown, unless that overflows
+/// IFNAMSIZ.
+pub fn vlan_device(uplink: &str, vlan: u16) -> String {
+    let name = format!("{uplink}.{vlan}");
+    if name.len() <= 15 {
+        name
+    } else {
+        format!("rama.v{vlan}")
+    }
+}
+
+async fn ensure_vlan(nl: &Netlink, uplink: &Link, vlan: u16, subnet: &str) -> Result<Link> {
+    let name = vlan_device(&uplink.name, vlan);
+    let msg = rtnetlink::LinkVlan::new(&name, uplink.index, vlan)
+        .alias(ALIAS)
+        .up()
+        .build();
+    match nl.ensure_link(&name, msg).await {
+        Err(Error::Netlink { source, .. })
+            if matches!(&source, rtnetlink::Error::NetlinkError(m)
+                if m.code.is_some_and(|c| -c.get() == libc::EOPNOTSUPP)) =>
+        {
+            Err(Error::KernelFeature {
+                feature: "802.1Q VLAN devices",
+                detail: format!(
+                    "underlay subnet {subnet:?} needs {name} on VLAN {vlan}; this kernel has no 8021q"
+                ),
+            })
+        }
+        other => other,
+    }
+}
+
+async fn ensure_vxlan(nl: &Netlink, state: &ValidState, uplink: &Link, vni: u32) -> Result<Link> {
+    // A device from the eBPF backend (collect-metadata) cannot be reused.
+    if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await? {
+        if existing.alias.as_deref() != Some(ALIAS) {
+            nl.delete_link(existing.index).await?;
+        }
+    }
+    let mut msg = rtnetlink::LinkVxlan::new(defaults::VXLAN_DEVICE, vni)
+        .port(rama_common::VXLAN_PORT)
+        .learning(false)
+        .dev(uplink.index)
+        .alias(ALIAS)
+        .address(state.state.node.vtep_mac.0.to_vec());
+    msg = match state.state.node.vtep_ip {
+        IpAddr::V4(a) => msg.local(a),
+        IpAddr::V6(a) => msg.local6(a),
+    };
+    let link = nl.ensure_link(defaults::VXLAN_DEVICE, msg.build()).await?;
+    if link.mac != state.state.node.vtep_mac {
+        nl.set_mac(link.index, state.state.node.vtep_mac).await?;
+    }
+    Ok(link)
+}
+
+impl Dataplane for FallbackDataplane {
+    fn kind(&self) -> &'static str {
+        "fallback"
+    }
+
+    async fn apply(&mut self, state: &ValidState) -> Result<ApplyReport> {
+        let nl = self.netlink()?;
+        let links = host::resolve_links(&nl, state).await?;
+        let s = &state.state;
+
+        // Which underlay subnets have local pods: only those need a VLAN device here.
+        let mut local_subnets = HashSet::new();
+        for ep in &s.endpoints {
+            for net in host::endpoint_routes(ep) {
+                if let Some(sub) = state.subnet_of(net.addr()) {
+                    local_subnets.insert(sub.name.clone());
+                }
+            }
+        }
+        // Create the devices first: a kernel without 8021q fails here, before any
+        // route or rule was written.
+        let mut vlan_links = Vec::new();
+        for subnet in &s.subnets {
+            if let Fabric::Underlay { vlan } = subnet.fabric {
+                if local_subnets.contains(&subnet.name) {
+                    let link = ensure_vlan(&nl, &links.uplink, vlan, &subnet.name).await?;
+                    vlan_links.push((subnet, link));
+                }
+            }
+        }
+        host::apply(&nl, state, &links).await?;
+
+        let mut wanted_routes: HashSet<(u32, IpNet)> = HashSet::new();
+        let mut wanted_rules: HashSet<(bool, u32, Option<IpNet>, u32)> = HashSet::new();
+        for v6 in [false, true] {
+            wanted_rules.insert((
+                v6,
+                defaults::RULE_PRIORITY_LOCAL,
+                None,
+                defaults::TABLE_LOCAL,
+            ));
+        }
+
+        // Underlay: one table per subnet with local pods.
+        for (subnet, link) in &vlan_links {
+            sysctl(&format!("net/ipv4/conf/{}/proxy_arp", link.name), "1")?;
+            sysctl(&format!("net/ipv6/conf/{}/proxy_ndp", link.name), "1")?;
+            let table = defaults::TABLE_UNDERLAY_BASE + state.subnet_id(subnet);
+            nl.replace_route(subnet.cidr, link.index, None, table)
+                .await?;
+            wanted_routes.insert((table, subnet.cidr));
+            let default = match subnet.cidr {
+                IpNet::V4(_) => IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(_) => IpNet::V6(ipnet::Ipv6Net::default()),
+            };
+            nl.replace_route(default, link.index, subnet.gateway, table)
+                .await?;
+            wanted_routes.insert((table, default));
+            let v6 = subnet.cidr.addr().is_ipv6();
+            wanted_rules.insert((
+                v6,
+                defaults::RULE_PRIORITY_HYBRID,
+                Some(subnet.cidr),
+                defaults::TABLE_HYBRID,
+            ));
+            wanted_rules.insert((
+                v6,
+                defaults::RULE_PRIORITY_UNDERLAY,
+                Some(subnet.cidr),
+                table,
+            ));
+            for ep in &s.endpoints {
+                if let Some(IpAddr::V6(a)) = host::endpoint_routes(ep)
+                    .map(|n| n.addr())
+                    .find(|a| a.is_ipv6() && subnet.cidr.contains(a))
+                {
+                    nl.replace_proxy_neighbour(link.index, IpAddr::V6(a))
+                        .await?;
+                }
+            }
+        }
+
+        // Overlay and hybrid.
+        if let Some(vni) = state.overlay_vni {
+            let vx = ensure_vxlan(&nl, state, &links.uplink, vni).await?;
+            for subnet in &s.subnets {
+                if let Fabric::Overlay { .. } = subnet.fabric {
+                    for table in [defaults::TABLE_OVERLAY, defaults::TABLE_HYBRID] {
+                        nl.replace_route(subnet.cidr, vx.index, None, table).await?;
+                        wanted_routes.insert((table, subnet.cidr));
+                    }
+                    let v6 = subnet.cidr.addr().is_ipv6();
+                    wanted_rules.insert((
+                        v6,
+                        defaults::RULE_PRIORITY_OVERLAY,
+                        Some(subnet.cidr),
+                        defaults::TABLE_OVERLAY,
+                    ));
+                }
+            }
+            let mut wanted_neigh = HashSet::new();
+            for node in &s.remote_nodes {
+                nl.replace_fdb(vx.index, node.vtep_mac, node.vtep_ip)
+                    .await?;
+            }
+            for r in &s.remote_endpoints {
+                let (Some(node), Some(subnet)) =
+                    (state.remote_node(&r.node), state.subnet_of(r.ip))
+                else {
+                    continue;
+                };
+                nl.replace_neighbour(vx.index, r.ip, node.vtep_mac).await?;
+                wanted_neigh.insert(r.ip);
+                if let Fabric::Underlay { .. } = subnet.fabric {
+                    // Overlay pods reach remote underlay pods through the overlay.
+                    let host = IpNet::from(r.ip);
+                    nl.replace_route(host, vx.index, None, defaults::TABLE_OVERLAY)
+                        .await?;
+                    wanted_routes.insert((defaults::TABLE_OVERLAY, host));
+                }
+            }
+            for (ip, msg) in nl.neighbours(vx.index).await? {
+                if !wanted_neigh.contains(&ip) {
+                    nl.delete_neighbour(msg).await?;
+                }
+            }
+        } else if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await? {
+            nl.delete_link(existing.index).await?;
+        }
+        for (v6, prio, src, table) in &wanted_rules {
+            nl.ensure_rule(*v6, *prio, *src, *table).await?;
+        }
+
+        // Garbage: Rama's routes and rules that the state no longer wants.
+        let mut tables = vec![defaults::TABLE_OVERLAY, defaults::TABLE_HYBRID];
+        tables.extend(
+            (1..=state.subnet_ids.len() as u32 + 16).map(|i| defaults::TABLE_UNDERLAY_BASE + i),
+        );
+        for table in tables {
+            for route in nl.rama_routes(table).await? {
+                if !route_destination(&route).is_some_and(|d| wanted_routes.contains(&(table, d))) {
+                    nl.delete_route(route).await?;
+                }
+            }
+        }
+        for rule in nl.rama_rules().await? {
+            if !wanted_rules
+                .iter()
+                .any(|(v6, p, src, t)| rule_is(&rule, *v6, *p, *src, *t))
+            {
+                nl.delete_rule(rule).await?;
+            }
+        }
+        let vlan_names: HashSet<String> = vlan_links.iter().map(|(_, l)| l.name.clone()).collect();
+        remove_stale_vlans(&nl, &vlan_names).await?;
+
+        Ok(ApplyReport {
+            endpoints: s.endpoints.len(),
+            remote_endpoints: s.remote_endpoints.len(),
+            subnets: s.subnets.len(),
+            notes: Vec::new(),
+        })
+    }
+
+    async fn teardown(&mut self) -> Result<()> {
+        let nl = self.netlink()?;
+        let mut errors = Vec::new();
+        host::teardown(&nl, &mut errors).await;
+        let mut tables = vec![defaults::TABLE_OVERLAY, defaults::TABLE_HYBRID];
+        tables.extend((1..=64).map(|i| defaults::TABLE_UNDERLAY_BASE + i));
+        for table in tables {
+            match nl.rama_routes(table).await {
+                Ok(routes) => {
+                    for r in routes {
+                        if let Err(e) = nl.delete_route(r).await {
+                            errors.push(e);
+                        }
+                    }
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        match nl.rama_rules().await {
+            Ok(rules) => {
+                for r in rules {
+                    if let Err(e) = nl.delete_rule(r).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        match nl.link(defaults::VXLAN_DEVICE).await {
+            Ok(Some(l)) => {
+                if let Err(e) = nl.delete_link(l.index).await {
+                    errors.push(e);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            let msg = errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            Err(Error::Teardown(errors.len(), msg))
+        }
+    }
+}
+
+fn rule_is(
+    rule: &netlink_packet_route::rule::RuleMessage,
+    v6: bool,
+    prio: u32,
+    src: Option<IpNet>,
+    table: u32,
+) -> bool {
+    crate::net::rule_matches(rule, v6, prio, src, table)
+}
+
+/// Deletes VLAN sub-interfaces this backend created for subnets that no longer have
+/// local pods (only devices carrying our alias).
+async fn remove_stale_vlans(nl: &Netlink, keep: &HashSet<String>) -> Result<()> {
+    for link in nl.links().await? {
+        if link.alias.as_deref() == Some(ALIAS)
+            && link.name != defaults::VXLAN_DEVICE
+            && !keep.contains(&link.name)
+        {
+            nl.delete_link(link.index).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,189 @@
+//! The `Dataplane` trait and its backends.
+//!
+//! The agent computes one desired [`NodeState`](crate::state::NodeState) and hands it
+//! to a backend chosen by configuration (`auto|ebpf|fallback`; never by `cfg!(test)`):
+//!
+//! - [`ebpf::EbpfDataplane`]: TC/XDP programs and pinned maps (the fast path);
+//! - [`fallback::FallbackDataplane`]: the original Rama design, policy rules and
+//!   per-subnet route tables, VLAN sub-interfaces, a VXLAN device with FDB/neighbour
+//!   entries, proxy ARP/NDP and masquerade;
+//! - [`fake::FakeDataplane`]: records what it was asked to do, for unit tests.
+//!
+//! Both real backends share the host plumbing in [`host`] (pod veth gateway addresses,
+//! local pod routes, masquerade), are idempotent, converge from any starting point and
+//! only remove objects marked as Rama's.
+
+pub mod ebpf;
+pub mod fake;
+pub mod fallback;
+pub mod host;
+
+use std::{fmt, path::PathBuf, str::FromStr};
+
+use serde::Serialize;
+
+use crate::{Result, defaults, state::ValidState};
+
+/// Which datapath the operator asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatapathMode {
+    /// eBPF when the kernel supports it, else the fallback (logged and reported).
+    #[default]
+    Auto,
+    /// eBPF or fail loudly.
+    Ebpf,
+    /// Policy routing only.
+    Fallback,
+}
+
+impl FromStr for DatapathMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "ebpf" => Ok(Self::Ebpf),
+            "fallback" => Ok(Self::Fallback),
+            other => Err(format!(
+                "unknown datapath {other:?}: expected auto, ebpf or fallback"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for DatapathMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Ebpf => "ebpf",
+            Self::Fallback => "fallback",
+        })
+    }
+}
+
+/// What a backend reports after an apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ApplyReport {
+    pub endpoints: usize,
+    pub remote_endpoints: usize,
+    pub subnets: usize,
+    /// Things that are not errors but an operator should see (e.g. a gateway MAC not
+    /// resolved yet: traffic to it goes through the stack until it is).
+    pub notes: Vec<String>,
+}
+
+/// A rendering of the desired node state into the kernel.
+#[allow(async_fn_in_trait)]
+pub trait Dataplane {
+    /// `ebpf`, `fallback` or `fake`.
+    fn kind(&self) -> &'static str;
+    /// Converges the kernel on `state`. Idempotent.
+    async fn apply(&mut self, state: &ValidState) -> Result<ApplyReport>;
+    /// Removes everything this backend created, collecting every error and carrying on.
+    async fn teardown(&mut self) -> Result<()>;
+}
+
+/// Settings of the datapath backends.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    pub mode: DatapathMode,
+    /// Where the eBPF backend pins maps and links for this node.
+    pub pin_dir: PathBuf,
+    pub capacity: ebpf::Capacity,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        Self {
+            mode: DatapathMode::Auto,
+            pin_dir: PathBuf::from(rama_common::names::PIN_ROOT),
+            capacity: ebpf::Capacity::default(),
+        }
+    }
+}
+
+/// The backend in use and why: the status the agent logs and exports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModeStatus {
+    pub requested: DatapathMode,
+    /// `ebpf` or `fallback`.
+    pub active: &'static str,
+    /// Why `auto` fell back, when it did.
+    pub fallback_reason: Option<String>,
+}
+
+/// The factory: one of the backends, chosen by [`DataplaneConfig::mode`].
+pub enum Backend {
+    Ebpf(Box<ebpf::EbpfDataplane>),
+    Fallback(fallback::FallbackDataplane),
+    Fake(fake::FakeDataplane),
+}
+
+impl Backend {
+    /// Builds the configured backend. `auto` tries eBPF and, when the kernel cannot
+    /// run it, falls back with a log line and the reason in the returned status;
+    /// `ebpf` fails loudly instead.
+    pub fn new(config: &DataplaneConfig) -> Result<(Self, ModeStatus)> {
+        let status = |active, reason| ModeStatus {
+            requested: config.mode,
+            active,
+            fallback_reason: reason,
+        };
+        match config.mode {
+            DatapathMode::Fallback => Ok((
+                Backend::Fallback(fallback::FallbackDataplane::new()?),
+                status("fallback", None),
+            )),
+            DatapathMode::Ebpf => Ok((
+                Backend::Ebpf(Box::new(ebpf::EbpfDataplane::new(config)?)),
+                status("ebpf", None),
+            )),
+            DatapathMode::Auto => match ebpf::EbpfDataplane::new(config) {
+                Ok(dp) => Ok((Backend::Ebpf(Box::new(dp)), status("ebpf", None))),
+                Err(e) => {
+                    log::warn!("eBPF datapath unavailable, using the policy-route fallback: {e}");
+                    Ok((
+                        Backend::Fallback(fallback::FallbackDataplane::new()?),
+                        status("fallback", Some(e.to_string())),
+                    ))
+                }
+            },
+        }
+    }
+}
+
+impl Dataplane for Backend {
+    fn kind(&self) -> &'static str {
+        match self {
+            Backend::Ebpf(b) => b.kind(),
+            Backend::Fallback(b) => b.kind(),
+            Backend::Fake(b) => b.kind(),
+        }
+    }
+
+    async fn apply(&mut self, state: &ValidState) -> Result<ApplyReport> {
+        match self {
+            Backend::Ebpf(b) => b.apply(state).await,
+            Backend::Fallback(b) => b.apply(state).await,
+            Backend::Fake(b) => b.apply(state).await,
+        }
+    }
+
+    async fn teardown(&mut self) -> Result<()> {
+        match self {
+            Backend::Ebpf(b) => b.teardown().await,
+            Backend::Fallback(b) => b.teardown().await,
+            Backend::Fake(b) => b.teardown().await,
+        }
+    }
+}
+
+/// The host-side MTU rule: overlay pods lose the VXLAN overhead.
+pub fn pod_mtu(uplink_mtu: u32, overlay: bool) -> u32 {
+    if overlay {
+        uplink_mtu.saturating_sub(defaults::VXLAN_OVERHEAD)
+    } else {
+        uplink_mtu
+    }
+}

@@ -1,0 +1,548 @@
+//! Kernel plumbing over rtnetlink shared by both backends: links, addresses, routes,
+//! rules, neighbours and sysctls. Writes are idempotent (`replace`, or "exists" taken
+//! as success); deletes take "not found" as success (netavark's habit).
+pub mod probe;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt as _;
+use ipnet::IpNet;
+use netlink_packet_route::{
+    AddressFamily,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::{NeighbourFlags, NeighbourState},
+    route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+    rule::{RuleAttribute, RuleMessage},
+};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
+
+use crate::{Error, Result, defaults, state::MacAddr};
+
+/// A network interface as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: MacAddr,
+    pub mtu: u32,
+    /// IFLA_IFALIAS: Rama marks the devices it creates with it.
+    pub alias: Option<String>,
+}
+
+/// A connection to rtnetlink in the calling thread's network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+const ENOENT: i32 = libc::ENOENT;
+const EEXIST: i32 = libc::EEXIST;
+const ESRCH: i32 = libc::ESRCH;
+const ENODEV: i32 = libc::ENODEV;
+const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(msg) => msg.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn ok_if(
+    result: std::result::Result<(), rtnetlink::Error>,
+    codes: &[i32],
+) -> std::result::Result<(), rtnetlink::Error> {
+    match result {
+        Err(e) if errno(&e).is_some_and(|c| codes.contains(&c)) => Ok(()),
+        other => other,
+    }
+}
+
+fn rama_protocol() -> RouteProtocol {
+    RouteProtocol::Other(defaults::ROUTE_PROTOCOL)
+}
+
+impl Netlink {
+    /// Opens a connection; must be called inside a tokio runtime.
+    pub fn connect() -> Result<Self> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("opening rtnetlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    fn link_from(msg: LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mac: MacAddr::default(),
+            mtu: 0,
+            alias: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n,
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    link.mac.0.copy_from_slice(&a);
+                }
+                LinkAttribute::Mtu(m) => link.mtu = m,
+                LinkAttribute::IfAlias(a) => link.alias = Some(a),
+                _ => {}
+            }
+        }
+        link
+    }
+
+    /// The link called `name`, or `None` when there is none.
+    pub async fn link(&self, name: &str) -> Result<Option<Link>> {
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match req.try_next().await {
+            Ok(msg) => Ok(msg.map(Self::link_from)),
+            Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(None),
+            Err(e) => Err(Error::netlink(format!("looking up link {name:?}"), e)),
+        }
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<Link>> {
+        let mut out = Vec::new();
+        let mut stream = self.handle.link().get().execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("listing links", e))?
+        {
+            out.push(Self::link_from(msg));
+        }
+        Ok(out)
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
+        let mut req = self.handle.link().get().match_index(index).execute();
+        match req.try_next().await {
+            Ok(msg) => Ok(msg.map(Self::link_from)),
+            Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(None),
+            Err(e) => Err(Error::netlink(format!("looking up link #{index}"), e)),
+        }
+    }
+
+    /// The link called `name`; an error naming it when it does not exist.
+    pub async fn require_link(&self, name: &str) -> Result<Link> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| Error::InterfaceNotFound(name.to_owned()))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting link #{index} up"), e))
+    }
+
+    pub async fn set_mac(&self, index: u32, mac: MacAddr) -> Result<()> {
+        self.handle
+            .link()
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .address(mac.0.to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting MAC of link #{index}"), e))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        ok_if(
+            self.handle.link().del(index).execute().await,
+            &[ENODEV, ENOENT],
+        )
+        .map_err(|e| Error::netlink(format!("deleting link #{index}"), e))
+    }
+
+    /// Creates a link from `msg` unless one called `name` exists; returns it, up.
+    pub async fn ensure_link(&self, name: &str, msg: LinkMessage) -> Result<Link> {
+        if self.link(name).await?.is_none() {
+            ok_if(self.handle.link().add(msg).execute().await, &[EEXIST])
+                .map_err(|e| Error::netlink(format!("creating link {name:?}"), e))?;
+        }
+        let link = self.require_link(name).await?;
+        self.set_up(link.index).await?;
+        Ok(link)
+    }
+
+    /// Adds `addr` to a link; an address already there is success.
+    pub async fn ensure_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
+        let mut req = self.handle.address().add(index, addr, prefix);
+        if let IpAddr::V6(_) = addr {
+            // No duplicate address detection: the same link-local gateway address is
+            // owned by every pod veth on purpose, one per link.
+            req.message_mut().attributes.push(
+                netlink_packet_route::address::AddressAttribute::Flags(
+                    netlink_packet_route::address::AddressFlags::Nodad,
+                ),
+            );
+        }
+        ok_if(req.execute().await, &[EEXIST])
+            .map_err(|e| Error::netlink(format!("adding {addr}/{prefix} to link #{index}"), e))
+    }
+
+    /// Adds or replaces a Rama route: `dst` out of `oif` (or `via`), in `table`.
+    pub async fn replace_route(
+        &self,
+        dst: IpNet,
+        oif: u32,
+        via: Option<IpAddr>,
+        table: u32,
+    ) -> Result<()> {
+        let msg = route_message(dst, Some(oif), via, table);
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("route {dst} in table {table}"), e))
+    }
+
+    /// Rama's routes in `table` (both families), as destination prefixes.
+    pub async fn rama_routes(&self, table: u32) -> Result<Vec<RouteMessage>> {
+        let mut out = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let filter = match version {
+                IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new()
+                    .table_id(table)
+                    .build(),
+                IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new()
+                    .table_id(table)
+                    .build(),
+            };
+            let mut stream = self.handle.route().get(filter).execute();
+            while let Some(route) = stream
+                .try_next()
+                .await
+                .map_err(|e| Error::netlink(format!("listing routes of table {table}"), e))?
+            {
+                if route.header.protocol == rama_protocol() && route_table(&route) == table {
+                    out.push(route);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_route(&self, route: RouteMessage) -> Result<()> {
+        ok_if(
+            self.handle.route().del(route).execute().await,
+            &[ESRCH, ENOENT],
+        )
+        .map_err(|e| Error::netlink("deleting a Rama route", e))
+    }
+
+    /// Rama's policy rules (priority range and protocol mark).
+    pub async fn rama_rules(&self) -> Result<Vec<RuleMessage>> {
+        let mut out = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let mut stream = self.handle.rule().get(version).execute();
+            while let Some(rule) = stream
+                .try_next()
+                .await
+                .map_err(|e| Error::netlink("listing policy rules", e))?
+            {
+                let prio = rule.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::Priority(p) => Some(*p),
+                    _ => None,
+                });
+                let ours = rule
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Protocol(p) if *p == rama_protocol()));
+                if ours
+                    && prio.is_some_and(|p| {
+                        (defaults::RULE_PRIORITY_MIN..=defaults::RULE_PRIORITY_MAX).contains(&p)
+                    })
+                {
+                    out.push(rule);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a Rama rule `[from src] lookup table` at `priority` unless present.
+    pub async fn ensure_rule(
+        &self,
+        v6: bool,
+        priority: u32,
+        src: Option<IpNet>,
+        table: u32,
+    ) -> Result<()> {
+        for rule in self.rama_rules().await? {
+            if rule_matches(&rule, v6, priority, src, table) {
+                return Ok(());
+            }
+        }
+        let req = self
+            .handle
+            .rule()
+            .add()
+            .priority(priority)
+            .table_id(table)
+            .action(netlink_packet_route::rule::RuleAction::ToTable);
+        let what = format!("rule {priority}: from {src:?} lookup {table}");
+        let result = if v6 {
+            let mut req = req.v6();
+            if let Some(IpNet::V6(net)) = src {
+                req = req.source_prefix(net.network(), net.prefix_len());
+            }
+            req.message_mut()
+                .attributes
+                .push(RuleAttribute::Protocol(rama_protocol()));
+            req.execute().await
+        } else {
+            let mut req = req.v4();
+            if let Some(IpNet::V4(net)) = src {
+                req = req.source_prefix(net.network(), net.prefix_len());
+            }
+            req.message_mut()
+                .attributes
+                .push(RuleAttribute::Protocol(rama_protocol()));
+            req.execute().await
+        };
+        ok_if(result, &[EEXIST]).map_err(|e| Error::netlink(what, e))
+    }
+
+    pub async fn delete_rule(&self, rule: RuleMessage) -> Result<()> {
+        ok_if(
+            self.handle.rule().del(rule).execute().await,
+            &[ENOENT, ESRCH],
+        )
+        .map_err(|e| Error::netlink("deleting a Rama rule", e))
+    }
+
+    /// A permanent neighbour entry `ip → mac` on a link.
+    pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: MacAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("neighbour {ip} on link #{index}"), e))
+    }
+
+    /// A proxy NDP entry for `ip` on a link (`ip -6 neigh add proxy`).
+    pub async fn replace_proxy_neighbour(&self, index: u32, ip: IpAddr) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .flags(NeighbourFlags::Proxy)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("proxy neighbour {ip} on link #{index}"), e))
+    }
+
+    /// A VXLAN FDB entry: frames for `mac` go to the VTEP `dst`.
+    pub async fn replace_fdb(&self, index: u32, mac: MacAddr, dst: IpAddr) -> Result<()> {
+        let mut req = self
+            .handle
+            .neighbours()
+            .add_bridge(index, &mac.0)
+            .state(NeighbourState::Permanent)
+            .flags(NeighbourFlags::Own)
+            .replace();
+        req.message_mut().attributes.push(
+            netlink_packet_route::neighbour::NeighbourAttribute::Destination(match dst {
+                IpAddr::V4(a) => netlink_packet_route::neighbour::NeighbourAddress::Inet(a),
+                IpAddr::V6(a) => netlink_packet_route::neighbour::NeighbourAddress::Inet6(a),
+            }),
+        );
+        req.execute()
+            .await
+            .map_err(|e| Error::netlink(format!("FDB {mac} → {dst} on link #{index}"), e))
+    }
+
+    /// Permanent neighbour entries on a link (IPv4 and IPv6), as (ip, message).
+    pub async fn neighbours(
+        &self,
+        index: u32,
+    ) -> Result<Vec<(IpAddr, netlink_packet_route::neighbour::NeighbourMessage)>> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let mut out = Vec::new();
+        let mut stream = self.handle.neighbours().get().execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("listing neighbours", e))?
+        {
+            if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                out.push((ip, msg));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_neighbour(
+        &self,
+        msg: netlink_packet_route::neighbour::NeighbourMessage,
+    ) -> Result<()> {
+        ok_if(
+            self.handle.neighbours().del(msg).execute().await,
+            &[ENOENT, ESRCH],
+        )
+        .map_err(|e| Error::netlink("deleting a neighbour", e))
+    }
+
+    /// Removes an address from a link; absent is success.
+    pub async fn delete_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(addr)
+            .set_prefix_length_filter(prefix)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink(format!("listing addresses of link #{index}"), e))?
+        {
+            ok_if(
+                self.handle.address().del(msg).execute().await,
+                &[EADDRNOTAVAIL],
+            )
+            .map_err(|e| Error::netlink(format!("deleting {addr} from link #{index}"), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+pub(crate) fn rule_matches(
+    rule: &RuleMessage,
+    v6: bool,
+    priority: u32,
+    src: Option<IpNet>,
+    table: u32,
+) -> bool {
+    let family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    if rule.header.family != family {
+        return false;
+    }
+    let mut prio = None;
+    let mut tbl = u32::from(rule.header.table);
+    let mut source = None;
+    for a in &rule.attributes {
+        match a {
+            RuleAttribute::Priority(p) => prio = Some(*p),
+            RuleAttribute::Table(t) => tbl = *t,
+            RuleAttribute::Source(s) => source = Some(*s),
+            _ => {}
+        }
+    }
+    let src_ok = match src {
+        None => source.is_none() && rule.header.src_len == 0,
+        Some(net) => source == Some(net.network()) && rule.header.src_len == net.prefix_len(),
+    };
+    prio == Some(priority) && tbl == table && src_ok
+}
+
+/// Builds a Rama route message (protocol-marked, link scope unless via a gateway).
+pub fn route_message(
+    dst: IpNet,
+    oif: Option<u32>,
+    via: Option<IpAddr>,
+    table: u32,
+) -> RouteMessage {
+    let scope = if via.is_some() {
+        RouteScope::Universe
+    } else {
+        RouteScope::Link
+    };
+    match dst {
+        IpNet::V4(net) => {
+            let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .table_id(table)
+                .protocol(rama_protocol())
+                .scope(scope);
+            if let Some(oif) = oif {
+                b = b.output_interface(oif);
+            }
+            if let Some(IpAddr::V4(gw)) = via {
+                b = b.gateway(gw);
+            }
+            b.build()
+        }
+        IpNet::V6(net) => {
+            let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(net.network(), net.prefix_len())
+                .table_id(table)
+                .protocol(rama_protocol())
+                .scope(scope);
+            if let Some(oif) = oif {
+                b = b.output_interface(oif);
+            }
+            if let Some(IpAddr::V6(gw)) = via {
+                b = b.gateway(gw);
+            }
+            b.build()
+        }
+    }
+}
+
+/// The destination prefix of a route message.
+pub fn route_destination(route: &RouteMessage) -> Option<IpNet> {
+    route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet(a)) => {
+            IpNet::new(IpAddr::V4(*a), route.header.destination_prefix_length).ok()
+        }
+        RouteAttribute::Destination(netlink_packet_route::route::RouteAddress::Inet6(a)) => {
+            IpNet::new(IpAddr::V6(*a), route.header.destination_prefix_length).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`) if it differs.
+pub fn sysctl(path: &str, value: &str) -> Result<()> {
+    let full = format!("/proc/sys/{path}");
+    if std::fs::read_to_string(&full).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    std::fs::write(&full, value).map_err(|e| Error::io(format!("writing sysctl {path}"), e))
+}
