@@ -305,6 +305,17 @@ impl ValidState {
         self.subnet_of(ip).map(|s| s.fabric)
     }
 
+    /// Whether any local endpoint has an address in `subnet`.
+    pub fn has_local_endpoints(&self, subnet: &Subnet) -> bool {
+        self.state.endpoints.iter().any(|ep| {
+            ep.ipv4
+                .is_some_and(|a| subnet.cidr.contains(&IpAddr::V4(a)))
+                || ep
+                    .ipv6
+                    .is_some_and(|a| subnet.cidr.contains(&IpAddr::V6(a)))
+        })
+    }
+
     pub fn remote_node(&self, name: &str) -> Option<&RemoteNode> {
         self.state.remote_nodes.iter().find(|n| n.name == name)
     }

@@ -253,6 +253,8 @@ impl EbpfDataplane {
                             info.gateway_mac = mac;
                             info.flags |= flags::GATEWAY_MAC_KNOWN;
                         }
+                        // Only a subnet with local pods needs its gateway here.
+                        None if !state.has_local_endpoints(subnet) => {}
                         None => report.notes.push(format!(
                             "subnet {:?}: gateway {} MAC not resolved yet",
                             subnet.name,
@@ -502,6 +504,9 @@ impl EbpfDataplane {
             else {
                 continue;
             };
+            if !state.has_local_endpoints(subnet) {
+                continue;
+            }
             // Speak as one of our pods in that subnet when there is one.
             let sender = state.state.endpoints.iter().find_map(|e| {
                 host::endpoint_routes(e)
@@ -658,10 +663,6 @@ impl Dataplane for EbpfDataplane {
         let vxlan = self.ensure_vxlan(state, links.uplink.index).await?;
         let mut report = ApplyReport::default();
         self.sync_maps(state, &links, vxlan, &mut report)?;
-        if self.resolve_gateways(state, &links)? {
-            report = ApplyReport::default();
-            self.sync_maps(state, &links, vxlan, &mut report)?;
-        }
 
         let mut wanted = HashSet::new();
         let uplink = links.uplink.clone();
@@ -676,6 +677,11 @@ impl Dataplane for EbpfDataplane {
         for link in &links.endpoints {
             self.attach_tc(names::PROG_POD_EGRESS, &link.name, link.index)?;
             wanted.insert(format!("{}@{}", names::PROG_POD_EGRESS, link.index));
+        }
+        // With rama_uplink_in attached, answers to gateway probes get learned.
+        if self.resolve_gateways(state, &links)? {
+            report = ApplyReport::default();
+            self.sync_maps(state, &links, vxlan, &mut report)?;
         }
         self.release_stale_links(&wanted);
         Ok(report)
