@@ -17,6 +17,8 @@ pub const ABI_VERSION: u32 = 1;
 pub const VXLAN_PORT: u16 = 4789;
 /// 802.1Q TPID (IEEE 802.1Q §9.5).
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service tag TPID.
+pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const ETH_P_ARP: u16 = 0x0806;

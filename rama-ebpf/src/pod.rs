@@ -7,7 +7,8 @@
 //! VLAN's gateway and overlay pods to the kernel stack (masquerade).
 use aya_ebpf::programs::TcContext;
 use rama_common::{
-    ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Endpoint, GATEWAY_V4, IpKey, counters::Reason, flags,
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Endpoint, GATEWAY_V4, IpKey,
+    counters::Reason, flags,
 };
 
 use crate::{
@@ -40,6 +41,8 @@ pub fn try_pod_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
         ETH_P_ARP => check_arp(ctx, &ep),
         ETH_P_IP => forward_ipv4(ctx, &ep),
         ETH_P_IPV6 => forward_ipv6(ctx, &ep),
+        // A tag still in the data (no VLAN offload on the way): just as forged.
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::DropVlanMismatch),
         // Nothing else is routed; the kernel drops what it has no handler for.
         _ => Ok(Verdict::pass(Reason::PassStack)),
     }

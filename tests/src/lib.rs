@@ -24,7 +24,9 @@
 //! and never touch anything they did not create.
 
 pub mod cluster;
+pub mod frames;
 pub mod netns;
+pub mod single_node;
 pub mod traffic;
 pub mod vlan_fixture;
 
