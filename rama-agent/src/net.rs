@@ -168,13 +168,24 @@ impl Netlink {
         .map_err(|e| Error::netlink(format!("deleting link #{index}"), e))
     }
 
-    /// Creates a link from `msg` unless one called `name` exists; returns it, up.
-    pub async fn ensure_link(&self, name: &str, msg: LinkMessage) -> Result<Link> {
+    /// Creates a link from `msg` unless one called `name` exists; returns it, up and
+    /// marked with `alias` (the kernel ignores IFLA_IFALIAS on creation, so it is set
+    /// afterwards).
+    pub async fn ensure_link(&self, name: &str, msg: LinkMessage, alias: &str) -> Result<Link> {
         if self.link(name).await?.is_none() {
             ok_if(self.handle.link().add(msg).execute().await, &[EEXIST])
                 .map_err(|e| Error::netlink(format!("creating link {name:?}"), e))?;
         }
-        let link = self.require_link(name).await?;
+        let mut link = self.require_link(name).await?;
+        if link.alias.as_deref() != Some(alias) {
+            self.handle
+                .link()
+                .set(LinkUnspec::new_with_index(link.index).alias(alias).build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink(format!("marking link {name:?}"), e))?;
+            link.alias = Some(alias.to_owned());
+        }
         self.set_up(link.index).await?;
         Ok(link)
     }
@@ -233,6 +244,29 @@ impl Netlink {
             {
                 if route.header.protocol == rama_protocol() && route_table(&route) == table {
                     out.push(route);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every Rama route in every table, with its table.
+    pub async fn rama_routes_all(&self) -> Result<Vec<(u32, RouteMessage)>> {
+        let mut out = Vec::new();
+        for version in [IpVersion::V4, IpVersion::V6] {
+            // RT_TABLE_UNSPEC (0) dumps all tables.
+            let filter = match version {
+                IpVersion::V4 => RouteMessageBuilder::<Ipv4Addr>::new().table_id(0).build(),
+                IpVersion::V6 => RouteMessageBuilder::<Ipv6Addr>::new().table_id(0).build(),
+            };
+            let mut stream = self.handle.route().get(filter).execute();
+            while let Some(route) = stream
+                .try_next()
+                .await
+                .map_err(|e| Error::netlink("listing routes", e))?
+            {
+                if route.header.protocol == rama_protocol() {
+                    out.push((route_table(&route), route));
                 }
             }
         }

@@ -450,3 +450,72 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
+
+impl Cluster {
+    /// Number of entries in one of node `i`'s pinned maps keyed by IP (RAMA_ENDPOINTS,
+    /// RAMA_REMOTES) or by ifindex (RAMA_EP_BY_IF).
+    pub fn map_len(&self, i: usize, map: &str) -> usize {
+        use rama_common::{Endpoint, IpKey, RemoteEndpoint};
+        let path = rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir)
+            .join("maps")
+            .join(map);
+        let data = aya::maps::MapData::from_pin(&path).expect("pinned map");
+        let map_obj = aya::maps::Map::from_map_data(data).expect("map");
+        match map {
+            "RAMA_ENDPOINTS" => aya::maps::HashMap::<_, IpKey, Endpoint>::try_from(map_obj)
+                .expect("typed")
+                .keys()
+                .count(),
+            "RAMA_REMOTES" => aya::maps::HashMap::<_, IpKey, RemoteEndpoint>::try_from(map_obj)
+                .expect("typed")
+                .keys()
+                .count(),
+            "RAMA_EP_BY_IF" => aya::maps::HashMap::<_, u32, Endpoint>::try_from(map_obj)
+                .expect("typed")
+                .keys()
+                .count(),
+            other => panic!("map_len does not know {other}"),
+        }
+    }
+
+    /// Pinned links of node `i`.
+    pub fn pinned_links(&self, i: usize) -> Vec<String> {
+        let dir =
+            rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir).join("links");
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Rama's routes, rules, devices and nft table on node `i`, as text.
+    pub fn footprint(&self, i: usize) -> String {
+        let ns = &self.nodes[i].ns;
+        let mut out = String::new();
+        for args in [
+            vec!["rule", "show"],
+            vec!["-6", "rule", "show"],
+            vec!["route", "show", "table", "all", "proto", "82"],
+            vec!["-6", "route", "show", "table", "all", "proto", "82"],
+            vec!["-d", "link", "show", "rama.vxlan"],
+        ] {
+            if let Ok(text) = ns.ip(&args) {
+                for line in text.lines().filter(|l| {
+                    l.contains("proto 82") || l.contains("rama.vxlan") || l.contains("vxlan ")
+                }) {
+                    out.push_str(line.trim());
+                    out.push('\n');
+                }
+            }
+        }
+        if let Ok(rules) = ns.exec("nft", &["list", "table", "inet", "rama"]) {
+            out.push_str(&rules);
+        }
+        out
+    }
+}

@@ -37,6 +37,9 @@ use crate::{
     state::{Fabric, ValidState},
 };
 
+/// IFLA_IFALIAS of the collect-metadata VXLAN device this backend creates.
+const VXLAN_ALIAS: &str = "rama:ebpf";
+
 /// The compiled programs, built by build.rs with aya-build.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rama"));
 
@@ -487,7 +490,15 @@ impl EbpfDataplane {
             .dev(uplink_index)
             .address(state.state.node.vtep_mac.0.to_vec())
             .build();
-        let link = nl.ensure_link(defaults::VXLAN_DEVICE, msg).await?;
+        if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await? {
+            if existing.alias.as_deref() != Some(VXLAN_ALIAS) {
+                // Not ours to reuse (the fallback's device has a fixed VNI and VTEP).
+                nl.delete_link(existing.index).await?;
+            }
+        }
+        let link = nl
+            .ensure_link(defaults::VXLAN_DEVICE, msg, VXLAN_ALIAS)
+            .await?;
         if link.mac != state.state.node.vtep_mac {
             nl.set_mac(link.index, state.state.node.vtep_mac).await?;
         }
@@ -558,6 +569,22 @@ where
         .ok_or_else(|| Error::EbpfUnavailable(format!("the object has no program {name}")))?;
     prog.try_into()
         .map_err(|e| Error::ebpf(format!("program {name}"), e))
+}
+
+/// Releases every pinned link and map of this node's eBPF datapath (a node switched to
+/// the fallback must stop running the programs). Absent pins are fine.
+pub fn release_pins(pin_root: &Path) -> Result<()> {
+    let dir = versioned_pin_dir(pin_root);
+    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
+        for entry in entries.flatten() {
+            release_pinned(&entry.path());
+        }
+    }
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
 }
 
 /// Unpins and drops a pinned link (detaching it); absent is fine.
@@ -659,6 +686,12 @@ impl Dataplane for EbpfDataplane {
         self.check_capacity(state)?;
         let nl = self.netlink()?;
         let links = host::resolve_links(&nl, state).await?;
+        // Taking over from the fallback: its rules would route around the programs.
+        let mut errors = Vec::new();
+        super::fallback::remove_policy_routing(&nl, &mut errors, false).await;
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
         host::apply(&nl, state, &links).await?;
         let vxlan = self.ensure_vxlan(state, links.uplink.index).await?;
         let mut report = ApplyReport::default();

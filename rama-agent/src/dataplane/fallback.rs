@@ -28,11 +28,17 @@ const ALIAS: &str = "rama:fallback";
 
 pub struct FallbackDataplane {
     nl: Option<Netlink>,
+    /// The eBPF backend's pins for this node: released on apply, so a node switched
+    /// from eBPF to fallback stops running the programs.
+    ebpf_pin_dir: std::path::PathBuf,
 }
 
 impl FallbackDataplane {
-    pub fn new() -> Result<Self> {
-        Ok(Self { nl: None })
+    pub fn new(ebpf_pin_dir: &std::path::Path) -> Result<Self> {
+        Ok(Self {
+            nl: None,
+            ebpf_pin_dir: ebpf_pin_dir.to_owned(),
+        })
     }
 
     fn netlink(&mut self) -> Result<Netlink> {
@@ -59,10 +65,9 @@ pub fn vlan_device(uplink: &str, vlan: u16) -> String {
 async fn ensure_vlan(nl: &Netlink, uplink: &Link, vlan: u16, subnet: &str) -> Result<Link> {
     let name = vlan_device(&uplink.name, vlan);
     let msg = rtnetlink::LinkVlan::new(&name, uplink.index, vlan)
-        .alias(ALIAS)
         .up()
         .build();
-    match nl.ensure_link(&name, msg).await {
+    match nl.ensure_link(&name, msg, ALIAS).await {
         Err(Error::Netlink { source, .. })
             if matches!(&source, rtnetlink::Error::NetlinkError(m)
                 if m.code.is_some_and(|c| -c.get() == libc::EOPNOTSUPP)) =>
@@ -89,13 +94,14 @@ async fn ensure_vxlan(nl: &Netlink, state: &ValidState, uplink: &Link, vni: u32)
         .port(rama_common::VXLAN_PORT)
         .learning(false)
         .dev(uplink.index)
-        .alias(ALIAS)
         .address(state.state.node.vtep_mac.0.to_vec());
     msg = match state.state.node.vtep_ip {
         IpAddr::V4(a) => msg.local(a),
         IpAddr::V6(a) => msg.local6(a),
     };
-    let link = nl.ensure_link(defaults::VXLAN_DEVICE, msg.build()).await?;
+    let link = nl
+        .ensure_link(defaults::VXLAN_DEVICE, msg.build(), ALIAS)
+        .await?;
     if link.mac != state.state.node.vtep_mac {
         nl.set_mac(link.index, state.state.node.vtep_mac).await?;
     }
@@ -111,6 +117,9 @@ impl Dataplane for FallbackDataplane {
         let nl = self.netlink()?;
         let links = host::resolve_links(&nl, state).await?;
         let s = &state.state;
+        // Whatever the eBPF backend left here (programs attached through pinned links)
+        // would keep forwarding from stale maps: release it first.
+        super::ebpf::release_pins(&self.ebpf_pin_dir)?;
 
         // Which underlay subnets have local pods: only those need a VLAN device here.
         let mut local_subnets = HashSet::new();
@@ -270,38 +279,9 @@ impl Dataplane for FallbackDataplane {
         let nl = self.netlink()?;
         let mut errors = Vec::new();
         host::teardown(&nl, &mut errors).await;
-        let mut tables = vec![defaults::TABLE_OVERLAY, defaults::TABLE_HYBRID];
-        tables.extend((1..=64).map(|i| defaults::TABLE_UNDERLAY_BASE + i));
-        for table in tables {
-            match nl.rama_routes(table).await {
-                Ok(routes) => {
-                    for r in routes {
-                        if let Err(e) = nl.delete_route(r).await {
-                            errors.push(e);
-                        }
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        match nl.rama_rules().await {
-            Ok(rules) => {
-                for r in rules {
-                    if let Err(e) = nl.delete_rule(r).await {
-                        errors.push(e);
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
-        match nl.link(defaults::VXLAN_DEVICE).await {
-            Ok(Some(l)) => {
-                if let Err(e) = nl.delete_link(l.index).await {
-                    errors.push(e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(e),
+        remove_policy_routing(&nl, &mut errors, true).await;
+        if let Err(e) = super::ebpf::release_pins(&self.ebpf_pin_dir) {
+            errors.push(e);
         }
         if errors.is_empty() {
             Ok(())
@@ -313,6 +293,61 @@ impl Dataplane for FallbackDataplane {
                 .join("; ");
             Err(Error::Teardown(errors.len(), msg))
         }
+    }
+}
+
+/// Removes this backend's objects: the per-subnet, overlay and hybrid tables, its
+/// policy rules (the local-pod rule too when `all`), its VXLAN and VLAN devices.
+/// Used by teardown and by the eBPF backend when it takes over a node.
+pub async fn remove_policy_routing(nl: &Netlink, errors: &mut Vec<Error>, all: bool) {
+    let mut tables = vec![defaults::TABLE_OVERLAY, defaults::TABLE_HYBRID];
+    tables.extend((1..=defaults::MAX_SUBNETS).map(|i| defaults::TABLE_UNDERLAY_BASE + i));
+    // Listing each table would be 1000 dumps; one dump per family finds the used ones.
+    match nl.rama_routes_all().await {
+        Ok(routes) => {
+            for (table, r) in routes {
+                if tables.contains(&table) {
+                    if let Err(e) = nl.delete_route(r).await {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    match nl.rama_rules().await {
+        Ok(rules) => {
+            for r in rules {
+                let local = [false, true].iter().any(|v6| {
+                    rule_is(
+                        &r,
+                        *v6,
+                        defaults::RULE_PRIORITY_LOCAL,
+                        None,
+                        defaults::TABLE_LOCAL,
+                    )
+                });
+                if all || !local {
+                    if let Err(e) = nl.delete_rule(r).await {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    match nl.links().await {
+        Ok(links) => {
+            for l in links
+                .into_iter()
+                .filter(|l| l.alias.as_deref() == Some(ALIAS))
+            {
+                if let Err(e) = nl.delete_link(l.index).await {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
     }
 }
 

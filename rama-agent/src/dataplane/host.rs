@@ -100,6 +100,16 @@ pub async fn apply(nl: &Netlink, state: &ValidState, links: &Links) -> Result<()
 
 /// Removes the shared host plumbing, collecting errors.
 pub async fn teardown(nl: &Netlink, errors: &mut Vec<Error>) {
+    match nl.rama_rules().await {
+        Ok(rules) => {
+            for rule in rules {
+                if let Err(e) = nl.delete_rule(rule).await {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
     match nl.rama_routes(defaults::TABLE_LOCAL).await {
         Ok(routes) => {
             for r in routes {

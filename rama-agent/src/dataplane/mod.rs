@@ -132,7 +132,7 @@ impl Backend {
         };
         match config.mode {
             DatapathMode::Fallback => Ok((
-                Backend::Fallback(fallback::FallbackDataplane::new()?),
+                Backend::Fallback(fallback::FallbackDataplane::new(&config.pin_dir)?),
                 status("fallback", None),
             )),
             DatapathMode::Ebpf => Ok((
@@ -144,7 +144,7 @@ impl Backend {
                 Err(e) => {
                     log::warn!("eBPF datapath unavailable, using the policy-route fallback: {e}");
                     Ok((
-                        Backend::Fallback(fallback::FallbackDataplane::new()?),
+                        Backend::Fallback(fallback::FallbackDataplane::new(&config.pin_dir)?),
                         status("fallback", Some(e.to_string())),
                     ))
                 }

@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(f.len(), 46);
         assert_eq!(&f[12..16], &[0x81, 0x00, 0x00, 100]);
         assert_eq!(&f[16..18], &[0x08, 0x06]);
-        assert_eq!(&f[24..28], &[2, 0, 0, 0]); // sha starts
+        assert_eq!(&f[26..32], &[2, 0, 0, 0, 0, 1], "sender MAC");
         assert_eq!(&f[42..46], &[10, 100, 0, 1]);
     }
 
