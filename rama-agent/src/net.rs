@@ -193,7 +193,7 @@ impl Netlink {
     /// Adds `addr` to a link; an address already there is success.
     pub async fn ensure_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
         let mut req = self.handle.address().add(index, addr, prefix);
-        if let IpAddr::V6(_) = addr {
+        if addr.is_ipv6() {
             // No duplicate address detection: the same link-local gateway address is
             // owned by every pod veth on purpose, one per link.
             req.message_mut().attributes.push(

@@ -239,13 +239,13 @@ impl NodeState {
                     }
                 }
             }
-            if let Some(gw) = s.gateway {
-                if !s.cidr.contains(&gw) {
-                    return bad(format!(
-                        "subnet {:?}: gateway {gw} is outside {}",
-                        s.name, s.cidr
-                    ));
-                }
+            if let Some(gw) = s.gateway
+                && !s.cidr.contains(&gw)
+            {
+                return bad(format!(
+                    "subnet {:?}: gateway {gw} is outside {}",
+                    s.name, s.cidr
+                ));
             }
         }
         for (i, a) in self.subnets.iter().enumerate() {

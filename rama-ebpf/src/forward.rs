@@ -91,7 +91,7 @@ fn redirected(ret: i64, reason: Reason) -> Result<Verdict, Reason> {
     if ret == i64::from(TC_ACT_REDIRECT) {
         Ok(Verdict {
             reason,
-            action: TC_ACT_REDIRECT as i32,
+            action: TC_ACT_REDIRECT,
         })
     } else {
         Err(Reason::DropHelper)

@@ -37,7 +37,7 @@ impl Verdict {
     pub const fn pass(reason: Reason) -> Self {
         Self {
             reason,
-            action: TC_ACT_OK as i32,
+            action: TC_ACT_OK,
         }
     }
 }
@@ -48,7 +48,7 @@ fn finish_tc(program: Program, ctx: &TcContext, result: Result<Verdict, Reason>)
         Ok(verdict) => verdict,
         Err(reason) => Verdict {
             reason,
-            action: TC_ACT_SHOT as i32,
+            action: TC_ACT_SHOT,
         },
     };
     maps::count(program, verdict.reason, ctx.len());

@@ -25,6 +25,7 @@
 
 pub mod cluster;
 pub mod frames;
+pub mod matrix;
 pub mod netns;
 pub mod single_node;
 pub mod traffic;

@@ -1,1 +1,181 @@
-fn main() {}
+//! `cargo xtask`: the project's build, test and bench entry points.
+//!
+//! Every command that needs tools first runs the bootstrap, which installs what is
+//! missing (Debian packages, bpf-linker built against Debian's LLVM 22, rust-src for
+//! the nightly that builds the eBPF programs) and does nothing when all is there.
+mod bootstrap;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Rama's build, test and bench tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the prerequisites that are missing (idempotent; needs root to install).
+    Bootstrap,
+    /// Build the eBPF object and print its path (for bpftool, llvm-objdump…).
+    BuildEbpf {
+        /// Build with the release profile (the agent always embeds a release build).
+        #[arg(long, default_value_t = true)]
+        release: bool,
+    },
+    /// Lint both toolchains and run every test, privileged ones included (as root).
+    Test,
+    /// The datapath demo: a two-node cluster in network namespaces, every path tried.
+    Demo,
+    /// Datapath benchmarks: per-program cost and pod-to-pod throughput/latency.
+    Bench {
+        /// Fewer repetitions (for a quick look; committed results use the default).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON and Markdown results.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, echoing it; fails when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    cmd.current_dir(root());
+    eprintln!("+ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// The nightly cargo invocation that builds or lints the eBPF crate, with the flags
+/// aya-build uses (BTF, the target arch cfg).
+fn ebpf_cargo(subcommand: &str) -> Command {
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", bootstrap::EBPF_TOOLCHAIN, "cargo", subcommand])
+        .args([
+            "--package",
+            "rama-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                "--cfg=bpf_target_arch=\"x86_64\"",
+                "-Cdebuginfo=2",
+                "-Clink-arg=--btf",
+            ]
+            .join("\x1f"),
+        );
+    cmd
+}
+
+fn build_ebpf(release: bool) -> Result<PathBuf> {
+    let mut cmd = ebpf_cargo("build");
+    cmd.args(["--bin", "rama"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let profile = if release { "release" } else { "debug" };
+    let obj = root()
+        .join("target/bpfel-unknown-none")
+        .join(profile)
+        .join("rama");
+    if !obj.exists() {
+        bail!("built, but {} is missing", obj.display());
+    }
+    Ok(obj)
+}
+
+fn test() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate is linted on its own, for its own target, as aya does.
+    run(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))?;
+    // The privileged tests execute the agent binary.
+    run(cargo().args(["build", "--bins"]))?;
+    let mut test = cargo();
+    test.arg("test");
+    if std::env::var_os("CI").is_some() {
+        test.arg("--no-fail-fast");
+    }
+    run(&mut test)
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Bootstrap => bootstrap::ensure(),
+        Task::BuildEbpf { release } => {
+            bootstrap::ensure()?;
+            let obj = build_ebpf(release)?;
+            println!("{}", obj.display());
+            eprintln!(
+                "inspect it with: bpftool prog dump xlated / llvm-objdump -S {}",
+                obj.display()
+            );
+            Ok(())
+        }
+        Task::Test => {
+            bootstrap::ensure()?;
+            test()
+        }
+        Task::Demo => {
+            bootstrap::ensure()?;
+            run(cargo().args(["build", "--release", "--bins"]))?;
+            run(&mut Command::new(root().join("target/release/rama-demo")))
+        }
+        Task::Bench { quick, out } => {
+            bootstrap::ensure()?;
+            run(cargo().args(["build", "--release", "--bins"]))?;
+            let out = if out.is_absolute() {
+                out
+            } else {
+                root().join(out)
+            };
+            let mut cmd = Command::new(root().join("target/release/rama-bench"));
+            cmd.arg("--out").arg(out);
+            if quick {
+                cmd.arg("--quick");
+            }
+            run(&mut cmd)
+        }
+    }
+}

@@ -490,11 +490,11 @@ impl EbpfDataplane {
             .dev(uplink_index)
             .address(state.state.node.vtep_mac.0.to_vec())
             .build();
-        if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await? {
-            if existing.alias.as_deref() != Some(VXLAN_ALIAS) {
-                // Not ours to reuse (the fallback's device has a fixed VNI and VTEP).
-                nl.delete_link(existing.index).await?;
-            }
+        if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await?
+            && existing.alias.as_deref() != Some(VXLAN_ALIAS)
+        {
+            // Not ours to reuse (the fallback's device has a fixed VNI and VTEP).
+            nl.delete_link(existing.index).await?;
         }
         let link = nl
             .ensure_link(defaults::VXLAN_DEVICE, msg, VXLAN_ALIAS)
@@ -738,10 +738,10 @@ impl Dataplane for EbpfDataplane {
             }
             Err(e) => errors.push(e),
         }
-        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                errors.push(Error::io(format!("removing {}", self.pin_dir.display()), e));
-            }
+        if let Err(e) = std::fs::remove_dir_all(&self.pin_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            errors.push(Error::io(format!("removing {}", self.pin_dir.display()), e));
         }
         if errors.is_empty() {
             Ok(())

@@ -85,10 +85,10 @@ async fn ensure_vlan(nl: &Netlink, uplink: &Link, vlan: u16, subnet: &str) -> Re
 
 async fn ensure_vxlan(nl: &Netlink, state: &ValidState, uplink: &Link, vni: u32) -> Result<Link> {
     // A device from the eBPF backend (collect-metadata) cannot be reused.
-    if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await? {
-        if existing.alias.as_deref() != Some(ALIAS) {
-            nl.delete_link(existing.index).await?;
-        }
+    if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await?
+        && existing.alias.as_deref() != Some(ALIAS)
+    {
+        nl.delete_link(existing.index).await?;
     }
     let mut msg = rtnetlink::LinkVxlan::new(defaults::VXLAN_DEVICE, vni)
         .port(rama_common::VXLAN_PORT)
@@ -134,11 +134,11 @@ impl Dataplane for FallbackDataplane {
         // route or rule was written.
         let mut vlan_links = Vec::new();
         for subnet in &s.subnets {
-            if let Fabric::Underlay { vlan } = subnet.fabric {
-                if local_subnets.contains(&subnet.name) {
-                    let link = ensure_vlan(&nl, &links.uplink, vlan, &subnet.name).await?;
-                    vlan_links.push((subnet, link));
-                }
+            if let Fabric::Underlay { vlan } = subnet.fabric
+                && local_subnets.contains(&subnet.name)
+            {
+                let link = ensure_vlan(&nl, &links.uplink, vlan, &subnet.name).await?;
+                vlan_links.push((subnet, link));
             }
         }
         host::apply(&nl, state, &links).await?;
@@ -306,10 +306,10 @@ pub async fn remove_policy_routing(nl: &Netlink, errors: &mut Vec<Error>, all: b
     match nl.rama_routes_all().await {
         Ok(routes) => {
             for (table, r) in routes {
-                if tables.contains(&table) {
-                    if let Err(e) = nl.delete_route(r).await {
-                        errors.push(e);
-                    }
+                if tables.contains(&table)
+                    && let Err(e) = nl.delete_route(r).await
+                {
+                    errors.push(e);
                 }
             }
         }
@@ -327,10 +327,10 @@ pub async fn remove_policy_routing(nl: &Netlink, errors: &mut Vec<Error>, all: b
                         defaults::TABLE_LOCAL,
                     )
                 });
-                if all || !local {
-                    if let Err(e) = nl.delete_rule(r).await {
-                        errors.push(e);
-                    }
+                if (all || !local)
+                    && let Err(e) = nl.delete_rule(r).await
+                {
+                    errors.push(e);
                 }
             }
         }
