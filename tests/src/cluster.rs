@@ -20,6 +20,9 @@ pub enum PodNet {
     Vlan200,
     /// The VXLAN overlay (VNI 4096): 10.244.0.0/24, fd00:244::/64.
     Overlay,
+    /// Not Rama's: 10.50.0.0/24, fd00:50::/64, for the no-CNI baseline (the harness
+    /// leaves these pods out of every node state; the bench routes them by hand).
+    Plain,
 }
 
 impl PodNet {
@@ -28,11 +31,12 @@ impl PodNet {
             PodNet::Vlan100 => 100,
             PodNet::Vlan200 => 200,
             PodNet::Overlay => 244,
+            PodNet::Plain => 50,
         }
     }
 
     pub fn is_underlay(self) -> bool {
-        self != PodNet::Overlay
+        matches!(self, PodNet::Vlan100 | PodNet::Vlan200)
     }
 }
 
@@ -336,7 +340,7 @@ impl Cluster {
         let endpoints: Vec<_> = self
             .pods
             .iter()
-            .filter(|p| p.node == i)
+            .filter(|p| p.node == i && p.net != PodNet::Plain)
             .map(|p| {
                 json!({"name": p.name, "hostInterface": p.host_if, "mac": p.mac,
                 "ipv4": p.ipv4, "ipv6": p.ipv6})
@@ -352,7 +356,11 @@ impl Cluster {
             })
             .collect();
         let mut remote_endpoints = Vec::new();
-        for p in self.pods.iter().filter(|p| p.node != i) {
+        for p in self
+            .pods
+            .iter()
+            .filter(|p| p.node != i && p.net != PodNet::Plain)
+        {
             let owner = &self.nodes[p.node].name;
             remote_endpoints.push(json!({"ip": p.ipv4, "node": owner}));
             remote_endpoints.push(json!({"ip": p.ipv6, "node": owner}));
@@ -517,5 +525,41 @@ impl Cluster {
             out.push_str(&rules);
         }
         out
+    }
+}
+
+impl Cluster {
+    /// Applies every node's state with `mode` (overriding each node's own).
+    pub fn apply_all(&self, mode: DatapathMode) -> Result<()> {
+        for i in 0..self.nodes.len() {
+            self.apply_node(i, &self.node_state(i), mode)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `rama-agent teardown` on every node.
+    pub fn teardown_all(&self) -> Result<()> {
+        for node in &self.nodes {
+            for mode in ["ebpf", "fallback"] {
+                let out = node.ns.exec_output(
+                    agent_binary().to_str().context("agent path")?,
+                    &[
+                        "teardown",
+                        "--datapath",
+                        mode,
+                        "--pin-dir",
+                        node.pin_dir.to_str().context("path")?,
+                    ],
+                )?;
+                if !out.status.success() {
+                    bail!(
+                        "teardown on {} failed: {}",
+                        node.name,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
