@@ -41,6 +41,7 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Default capacities of the eBPF maps (overridable at load time).
 pub const MAX_LOCAL_ENDPOINTS: u32 = 1024;
 pub const MAX_REMOTE_ENDPOINTS: u32 = 65536;
+/// Subnets a node can hold (each underlay subnet may get a route table).
 pub const MAX_SUBNETS: u32 = 1024;
 pub const MAX_NEIGHBOURS: u32 = 4096;
 pub const MAX_NODES: u32 = 4096;

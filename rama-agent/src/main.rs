@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rama_agent::{
-    dataplane::{Backend, DatapathMode, Dataplane, DataplaneConfig, ebpf},
+    dataplane::{Backend, DatapathMode, Dataplane, DataplaneConfig, XdpPolicy, ebpf},
     state::NodeState,
 };
 
@@ -31,6 +31,9 @@ enum Command {
         /// Where the eBPF datapath pins its maps and links.
         #[arg(long, env = "RAMA_PIN_DIR", default_value = rama_common::names::PIN_ROOT)]
         pin_dir: PathBuf,
+        /// The uplink's XDP pre-filter: auto (native mode, never on a veth), on, off.
+        #[arg(long, env = "RAMA_XDP", default_value = "auto")]
+        xdp: XdpPolicy,
     },
     /// Remove everything Rama created on this node (routes, rules, devices, pins).
     Teardown {
@@ -74,6 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state,
             datapath,
             pin_dir,
+            xdp,
         } => {
             let text = std::fs::read_to_string(&state)
                 .with_context(|| format!("reading {}", state.display()))?;
@@ -81,6 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = DataplaneConfig {
                 mode: datapath,
                 pin_dir,
+                xdp,
                 ..Default::default()
             };
             let (mut backend, status) = Backend::new(&config)?;

@@ -27,6 +27,8 @@ pub struct Link {
     pub mtu: u32,
     /// IFLA_IFALIAS: Rama marks the devices it creates with it.
     pub alias: Option<String>,
+    /// IFLA_INFO_KIND (`veth`, `vxlan`, `vlan`…); `None` for physical NICs.
+    pub kind: Option<String>,
 }
 
 /// A connection to rtnetlink in the calling thread's network namespace.
@@ -78,6 +80,7 @@ impl Netlink {
             mac: MacAddr::default(),
             mtu: 0,
             alias: None,
+            kind: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -87,6 +90,13 @@ impl Netlink {
                 }
                 LinkAttribute::Mtu(m) => link.mtu = m,
                 LinkAttribute::IfAlias(a) => link.alias = Some(a),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let netlink_packet_route::link::LinkInfo::Kind(kind) = info {
+                            link.kind = Some(kind.to_string());
+                        }
+                    }
+                }
                 _ => {}
             }
         }

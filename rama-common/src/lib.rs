@@ -70,79 +70,121 @@ impl IpKey {
             && a[11] == 0xff
     }
 
-    /// The LPM prefix length of `prefix_len` bits of this family's address.
+    /// The length in bits, in this 16-byte form, of a `prefix_len`-bit prefix of
+    /// this address's family.
     #[inline(always)]
-    pub const fn lpm_bits(&self, prefix_len: u32) -> u32 {
+    pub const fn prefix_bits(&self, prefix_len: u32) -> u32 {
         if self.is_v4() {
             prefix_len + 96
         } else {
             prefix_len
         }
     }
+
+    /// Whether this address lies in `prefix`/`bits` (both in the 16-byte form).
+    /// Written with two 64-bit halves: BPF has no 128-bit shifts.
+    #[inline(always)]
+    pub fn in_prefix(&self, prefix: &[u8; 16], bits: u32) -> bool {
+        let half = |b: &[u8; 16], i: usize| {
+            u64::from_be_bytes([
+                b[i],
+                b[i + 1],
+                b[i + 2],
+                b[i + 3],
+                b[i + 4],
+                b[i + 5],
+                b[i + 6],
+                b[i + 7],
+            ])
+        };
+        let (ah, al) = (half(&self.addr, 0), half(&self.addr, 8));
+        let (ph, pl) = (half(prefix, 0), half(prefix, 8));
+        if bits == 0 {
+            true
+        } else if bits <= 64 {
+            (ah & (u64::MAX << (64 - bits))) == ph
+        } else if bits <= 128 {
+            ah == ph && (al & (u64::MAX << (128 - bits))) == pl
+        } else {
+            false
+        }
+    }
 }
 
-/// Endpoint flags (`Endpoint::flags`, `RemoteEndpoint::flags`, `SubnetInfo::flags`).
+/// Flags of [`Endpoint::flags`], [`LocalPod::flags`] and [`PodSubnet::flags`].
 pub mod flags {
     /// On a VLAN underlay network: forwarded tagged on the uplink.
     pub const UNDERLAY: u32 = 1 << 0;
     /// On the VXLAN overlay network.
     pub const OVERLAY: u32 = 1 << 1;
-    /// The endpoint has an IPv4 address (`Endpoint::ipv4`).
+    /// The pod has an IPv4 address (`LocalPod::ipv4`).
     pub const HAS_V4: u32 = 1 << 2;
-    /// The endpoint has an IPv6 address (`Endpoint::ipv6`).
+    /// The pod has an IPv6 address (`LocalPod::ipv6`).
     pub const HAS_V6: u32 = 1 << 3;
-    /// `SubnetInfo::gateway_mac` holds a resolved MAC.
+    /// `PodSubnet::gateway_mac` holds a resolved MAC.
     pub const GATEWAY_MAC_KNOWN: u32 = 1 << 4;
-    /// `RemoteEndpoint::vtep` is an IPv6 address.
+    /// `Endpoint::vtep` is an IPv6 address.
     pub const VTEP_V6: u32 = 1 << 5;
+    /// The endpoint is a pod on this node (`Endpoint::ifindex`, `mac`, `host_mac`).
+    pub const LOCAL: u32 = 1 << 6;
 }
 
-/// A pod on this node. Value of `RAMA_ENDPOINTS` (by pod IP) and `RAMA_EP_BY_IF` (by
-/// the host-side veth's ifindex, for anti-spoofing).
+/// A pod address, on this node or another. Value of `RAMA_ENDPOINTS`, keyed by the
+/// address: one lookup answers "where does this destination live", local or remote.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// Host-side veth.
+    /// `LOCAL`, `UNDERLAY`/`OVERLAY`, `VTEP_V6`.
+    pub flags: u32,
+    /// Local: the host-side veth.
     pub ifindex: u32,
-    pub flags: u32,
-    /// The pod's own MAC (`eth0` inside the pod).
-    pub mac: [u8; 6],
-    /// The host-side veth's MAC: the pod's gateway MAC.
-    pub host_mac: [u8; 6],
-    pub ipv4: [u8; 4],
-    pub ipv6: [u8; 16],
-}
-
-/// A pod on another node. Value of `RAMA_REMOTES`, keyed by the pod's IP.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RemoteEndpoint {
-    /// The node's VTEP address, IPv4-mapped unless `VTEP_V6`.
-    pub vtep: [u8; 16],
-    /// The MAC of the node's VXLAN device (inner destination MAC).
-    pub vtep_mac: [u8; 6],
-    /// The node's uplink MAC: where same-VLAN frames for this pod go, since each node
-    /// answers ARP/ND for its own underlay pods.
-    pub node_mac: [u8; 6],
-    /// Subnet id (`SubnetInfo::id`), to tell a same-subnet peer from a routed one.
+    /// The subnet of this address (ids are the agent's, stable per state).
     pub subnet_id: u32,
-    pub flags: u32,
+    /// Underlay: the subnet's 802.1Q VLAN id.
     pub vlan: u16,
     pub _pad: [u8; 2],
+    /// Local: the pod's own MAC (`eth0` inside the pod).
+    pub mac: [u8; 6],
+    /// Local: the host-side veth's MAC, the pod's gateway MAC.
+    pub host_mac: [u8; 6],
+    /// Remote: the MAC of the hosting node's VXLAN device (inner destination MAC).
+    pub vtep_mac: [u8; 6],
+    /// Remote: the hosting node's uplink MAC, where same-VLAN frames for the pod go
+    /// (each node answers ARP/ND for its own underlay pods).
+    pub node_mac: [u8; 6],
+    /// Remote: the hosting node's VTEP address, IPv4-mapped unless `VTEP_V6`.
+    pub vtep: [u8; 16],
 }
 
-/// A cluster subnet. Value of the `RAMA_SUBNETS` LPM trie keyed by prefix.
+/// The subnet of one of a local pod's addresses, with what its traffic needs on the
+/// way out: the VLAN, the gateway MAC, and the prefix (to tell on-link neighbours).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SubnetInfo {
+pub struct PodSubnet {
     pub id: u32,
+    /// `GATEWAY_MAC_KNOWN`.
     pub flags: u32,
-    /// VNI for overlay subnets.
-    pub vni: u32,
-    /// 802.1Q VLAN id for underlay subnets (0 = untagged).
+    /// The network address in `IpKey` form.
+    pub prefix: [u8; 16],
+    /// Prefix length in bits of the 16-byte form (IPv4 prefixes are +96).
+    pub prefix_len: u32,
     pub vlan: u16,
-    /// The physical gateway's MAC on that VLAN, valid with `GATEWAY_MAC_KNOWN`.
     pub gateway_mac: [u8; 6],
+}
+
+/// A pod on this node, by the ifindex of its host-side veth: what it may send as
+/// (anti-spoofing) and the subnets its traffic leaves through. Value of `RAMA_EP_BY_IF`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalPod {
+    /// `UNDERLAY`/`OVERLAY`, `HAS_V4`, `HAS_V6`.
+    pub flags: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    pub ipv4: [u8; 4],
+    pub ipv6: [u8; 16],
+    pub subnet_v4: PodSubnet,
+    pub subnet_v6: PodSubnet,
 }
 
 /// Key of `RAMA_NEIGH`: a host on an underlay VLAN.
@@ -179,13 +221,34 @@ pub struct NodeConfig {
 
 // Sizes are part of the ABI with the eBPF object; check them at compile time.
 const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Endpoint>() == 40);
-const _: () = assert!(core::mem::size_of::<RemoteEndpoint>() == 40);
-const _: () = assert!(core::mem::size_of::<SubnetInfo>() == 20);
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 56);
+const _: () = assert!(core::mem::size_of::<PodSubnet>() == 36);
+const _: () = assert!(core::mem::size_of::<LocalPod>() == 104);
 const _: () = assert!(core::mem::size_of::<NeighKey>() == 20);
 const _: () = assert!(core::mem::size_of::<NeighEntry>() == 8);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 28);
 const _: () = assert!(core::mem::size_of::<counters::Counter>() == 16);
+
+#[cfg(test)]
+mod tests {
+    use super::IpKey;
+
+    #[test]
+    fn prefixes_match_by_bits() {
+        let a = IpKey::v4([10, 100, 0, 10]);
+        let net = IpKey::v4([10, 100, 0, 0]);
+        assert!(a.in_prefix(&net.addr, a.prefix_bits(24)));
+        assert!(!a.in_prefix(&IpKey::v4([10, 101, 0, 0]).addr, a.prefix_bits(24)));
+        assert!(a.in_prefix(&a.addr, a.prefix_bits(32)));
+        let v6 = IpKey::v6([0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        let net6 = IpKey::v6([0xfd, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(v6.in_prefix(&net6.addr, 64));
+        assert!(v6.in_prefix(&net6.addr, 120));
+        assert!(!v6.in_prefix(&net6.addr, 128));
+        assert!(v6.in_prefix(&[0; 16], 0));
+        assert!(!v6.in_prefix(&[0; 16], 129));
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -193,8 +256,8 @@ mod pod {
     // so any bit pattern is a valid value and no uninitialised byte is ever read.
     unsafe impl aya::Pod for super::IpKey {}
     unsafe impl aya::Pod for super::Endpoint {}
-    unsafe impl aya::Pod for super::RemoteEndpoint {}
-    unsafe impl aya::Pod for super::SubnetInfo {}
+    unsafe impl aya::Pod for super::PodSubnet {}
+    unsafe impl aya::Pod for super::LocalPod {}
     unsafe impl aya::Pod for super::NeighKey {}
     unsafe impl aya::Pod for super::NeighEntry {}
     unsafe impl aya::Pod for super::NodeConfig {}

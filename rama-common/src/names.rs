@@ -18,17 +18,13 @@ pub const PROGRAMS: [&str; 4] = [
     PROG_VXLAN_INGRESS,
 ];
 
-/// Local endpoints by pod IP.
+/// Pod addresses, local and remote, by IP.
 pub const MAP_ENDPOINTS: &str = "RAMA_ENDPOINTS";
-/// Local endpoints by host-side veth ifindex.
+/// Local pods by host-side veth ifindex.
 pub const MAP_EP_BY_IF: &str = "RAMA_EP_BY_IF";
-/// Remote endpoints by pod IP.
-pub const MAP_REMOTES: &str = "RAMA_REMOTES";
-/// Cluster subnets, longest-prefix match.
-pub const MAP_SUBNETS: &str = "RAMA_SUBNETS";
 /// Hosts on underlay VLANs (learned from ARP, or written by the agent).
 pub const MAP_NEIGH: &str = "RAMA_NEIGH";
-/// VLAN ids this node serves (XDP pre-filter).
+/// VLAN ids this node serves (XDP pre-filter): an array indexed by VLAN id.
 pub const MAP_VLANS: &str = "RAMA_VLANS";
 /// VTEP addresses of the cluster's nodes (XDP pre-filter for VXLAN).
 pub const MAP_VTEPS: &str = "RAMA_VTEPS";
@@ -37,11 +33,9 @@ pub const MAP_CONFIG: &str = "RAMA_CONFIG";
 /// Per-CPU packet/byte counters by program and reason.
 pub const MAP_COUNTERS: &str = "RAMA_COUNTERS";
 
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 7] = [
     MAP_ENDPOINTS,
     MAP_EP_BY_IF,
-    MAP_REMOTES,
-    MAP_SUBNETS,
     MAP_NEIGH,
     MAP_VLANS,
     MAP_VTEPS,

@@ -9,9 +9,7 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use rama_common::{
-    ETH_P_8021Q, Endpoint, IpKey, NodeConfig, RemoteEndpoint, counters::Reason, flags,
-};
+use rama_common::{ETH_P_8021Q, Endpoint, IpKey, NodeConfig, PodSubnet, counters::Reason, flags};
 
 use crate::{
     Verdict, maps,
@@ -98,28 +96,24 @@ fn redirected(ret: i64, reason: Reason) -> Result<Verdict, Reason> {
     }
 }
 
-/// Sends an underlay pod's packet on its subnet's VLAN: to the node that owns the
-/// destination pod when it is in the same subnet, to a learned neighbour on that
+/// Sends an underlay pod's packet on its subnet's VLAN: to the node that hosts the
+/// destination pod when it is in the same subnet, to a learned neighbour in that
 /// subnet, else to the subnet's physical gateway.
 #[inline(always)]
 pub fn to_vlan(
     ctx: &TcContext,
     cfg: &NodeConfig,
-    src: &IpKey,
+    subnet: &PodSubnet,
     dst: &IpKey,
-    remote: Option<RemoteEndpoint>,
+    remote: Option<&Endpoint>,
     family: Family,
 ) -> Result<Verdict, Reason> {
-    let Some(subnet) = maps::subnet_of(src) else {
-        // An underlay pod whose subnet the agent has not published yet.
-        return Ok(Verdict::pass(Reason::NeighMiss));
-    };
     let next_hop = match remote {
         Some(remote) if remote.subnet_id == subnet.id => Some(remote.node_mac),
         _ => {
-            let same_subnet = maps::subnet_of(dst).is_some_and(|d| d.id == subnet.id);
+            let on_link = dst.in_prefix(&subnet.prefix, subnet.prefix_len);
             match maps::neighbour(dst, subnet.vlan) {
-                Some(neigh) if same_subnet => Some(neigh.mac),
+                Some(neigh) if on_link => Some(neigh.mac),
                 _ if subnet.flags & flags::GATEWAY_MAC_KNOWN != 0 => Some(subnet.gateway_mac),
                 _ => None,
             }
@@ -147,7 +141,7 @@ pub fn to_vlan(
 pub fn to_vxlan(
     ctx: &TcContext,
     cfg: &NodeConfig,
-    remote: &RemoteEndpoint,
+    remote: &Endpoint,
     family: Family,
 ) -> Result<Verdict, Reason> {
     if cfg.vxlan_ifindex == 0 {

@@ -7,8 +7,8 @@
 //! VLAN's gateway and overlay pods to the kernel stack (masquerade).
 use aya_ebpf::programs::TcContext;
 use rama_common::{
-    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, Endpoint, GATEWAY_V4, IpKey,
-    counters::Reason, flags,
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, GATEWAY_V4, IpKey, LocalPod,
+    PodSubnet, counters::Reason, flags,
 };
 
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
 pub fn try_pod_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
     // SAFETY: reading the context fields the verifier lets TC programs read.
     let (ifindex, vlan_present) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).vlan_present) };
-    let ep = maps::endpoint_by_ifindex(ifindex).ok_or(Reason::DropNoEndpoint)?;
+    let ep = maps::pod_by_ifindex(ifindex).ok_or(Reason::DropNoEndpoint)?;
     // A pod has no business sending 802.1Q frames: the kernel has already moved any
     // tag it sent into the skb metadata, and forwarding it would let the pod pick a VLAN.
     if vlan_present != 0 {
@@ -38,9 +38,9 @@ pub fn try_pod_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
         return Err(Reason::DropSpoofMac);
     }
     match proto {
-        ETH_P_ARP => check_arp(ctx, &ep),
-        ETH_P_IP => forward_ipv4(ctx, &ep),
-        ETH_P_IPV6 => forward_ipv6(ctx, &ep),
+        ETH_P_ARP => check_arp(ctx, ep),
+        ETH_P_IP => forward_ipv4(ctx, ep),
+        ETH_P_IPV6 => forward_ipv6(ctx, ep),
         // A tag still in the data (no VLAN offload on the way): just as forged.
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::DropVlanMismatch),
         // Nothing else is routed; the kernel drops what it has no handler for.
@@ -52,7 +52,7 @@ pub fn try_pod_egress(ctx: &TcContext) -> Result<Verdict, Reason> {
 /// owns, so the kernel answers it. We only make sure the pod speaks for itself
 /// (RFC 5227 probes use sender IP 0.0.0.0).
 #[inline(always)]
-fn check_arp(ctx: &TcContext, ep: &Endpoint) -> Result<Verdict, Reason> {
+fn check_arp(ctx: &TcContext, ep: &LocalPod) -> Result<Verdict, Reason> {
     let arp: *const ArpHdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: `ptr_at` checked bounds.
     let (sha, spa) = unsafe { ((*arp).sha, (*arp).spa) };
@@ -64,7 +64,7 @@ fn check_arp(ctx: &TcContext, ep: &Endpoint) -> Result<Verdict, Reason> {
 }
 
 #[inline(always)]
-fn forward_ipv4(ctx: &TcContext, ep: &Endpoint) -> Result<Verdict, Reason> {
+fn forward_ipv4(ctx: &TcContext, ep: &LocalPod) -> Result<Verdict, Reason> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: `ptr_at` checked bounds.
     let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
@@ -75,11 +75,11 @@ fn forward_ipv4(ctx: &TcContext, ep: &Endpoint) -> Result<Verdict, Reason> {
     if dst == GATEWAY_V4 || (dst[0] == 169 && dst[1] == 254) {
         return Ok(Verdict::pass(Reason::PassStack));
     }
-    forward(ctx, ep, &IpKey::v4(src), &IpKey::v4(dst), Family::V4)
+    forward(ctx, ep, &ep.subnet_v4, &IpKey::v4(dst), Family::V4)
 }
 
 #[inline(always)]
-fn forward_ipv6(ctx: &TcContext, ep: &Endpoint) -> Result<Verdict, Reason> {
+fn forward_ipv6(ctx: &TcContext, ep: &LocalPod) -> Result<Verdict, Reason> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, ETH_LEN)?;
     // SAFETY: `ptr_at` checked bounds.
     let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
@@ -97,30 +97,34 @@ fn forward_ipv6(ctx: &TcContext, ep: &Endpoint) -> Result<Verdict, Reason> {
     if is_v6_link_local(&dst) || is_v6_multicast(&dst) {
         return Ok(Verdict::pass(Reason::PassStack));
     }
-    forward(ctx, ep, &IpKey::v6(src), &IpKey::v6(dst), Family::V6)
+    forward(ctx, ep, &ep.subnet_v6, &IpKey::v6(dst), Family::V6)
 }
 
 #[inline(always)]
 fn forward(
     ctx: &TcContext,
-    ep: &Endpoint,
-    src: &IpKey,
+    pod: &LocalPod,
+    subnet: &PodSubnet,
     dst: &IpKey,
     family: Family,
 ) -> Result<Verdict, Reason> {
-    if let Some(peer) = maps::local_endpoint(dst) {
-        return forward::deliver_local(ctx, &peer, family);
-    }
-    let cfg = maps::config()?;
-    let underlay = ep.flags & flags::UNDERLAY != 0;
-    match maps::remote_endpoint(dst) {
-        Some(remote) if underlay && remote.flags & flags::UNDERLAY != 0 => {
-            forward::to_vlan(ctx, &cfg, src, dst, Some(remote), family)
+    let underlay = pod.flags & flags::UNDERLAY != 0;
+    match maps::endpoint(dst) {
+        Some(peer) if peer.flags & flags::LOCAL != 0 => forward::deliver_local(ctx, peer, family),
+        Some(remote) => {
+            let cfg = maps::config()?;
+            if underlay && remote.flags & flags::UNDERLAY != 0 {
+                forward::to_vlan(ctx, cfg, subnet, dst, Some(remote), family)
+            } else {
+                // Overlay sender, or overlay receiver: the overlay carries it, with
+                // the sender's own IP (the hybrid identity).
+                forward::to_vxlan(ctx, cfg, remote, family)
+            }
         }
-        // Overlay sender, or overlay receiver: the overlay carries it, with the
-        // sender's own IP (the hybrid identity).
-        Some(remote) => forward::to_vxlan(ctx, &cfg, &remote, family),
-        None if underlay => forward::to_vlan(ctx, &cfg, src, dst, None, family),
+        None if underlay => {
+            let cfg = maps::config()?;
+            forward::to_vlan(ctx, cfg, subnet, dst, None, family)
+        }
         // Overlay pod to outside the cluster: the stack routes and masquerades it.
         None => Ok(Verdict::pass(Reason::PassStack)),
     }

@@ -59,6 +59,11 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
     } else {
         return Ok(Verdict::pass(Reason::PassStack));
     };
+    // Frames for a VLAN no subnet here uses: the XDP pre-filter drops them earlier
+    // where it runs; here they are dropped (and counted) in any case.
+    if !maps::serves_vlan(vlan) {
+        return Err(Reason::DropVlanUnknown);
+    }
     let proto: *const [u8; 2] = ptr_at(ctx, ETH_LEN - 2 + tag_len)?;
     // SAFETY: `ptr_at` checked bounds.
     let proto = u16::from_be_bytes(unsafe { *proto });
@@ -97,16 +102,17 @@ pub fn try_uplink_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
 /// The local underlay endpoint that owns `addr` on `vlan`, if any. A pod is only
 /// reachable on its own subnet's VLAN; the same IP seen on another VLAN is not ours.
 #[inline(always)]
-fn local_on_vlan(addr: &IpKey, vlan: u16) -> Result<Option<Endpoint>, Reason> {
+fn local_on_vlan(addr: &IpKey, vlan: u16) -> Result<Option<&'static Endpoint>, Reason> {
     let Some(ep) = maps::local_endpoint(addr) else {
         return Ok(None);
     };
     if ep.flags & flags::UNDERLAY == 0 {
         return Ok(None);
     }
-    match maps::subnet_of(addr) {
-        Some(subnet) if subnet.vlan == vlan => Ok(Some(ep)),
-        _ => Err(Reason::DropVlanMismatch),
+    if ep.vlan == vlan {
+        Ok(Some(ep))
+    } else {
+        Err(Reason::DropVlanMismatch)
     }
 }
 
@@ -119,7 +125,7 @@ fn deliver(ctx: &TcContext, vlan: u16, dst: &IpKey, family: Family) -> Result<Ve
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
         return Err(Reason::DropHelper);
     }
-    forward::deliver_local(ctx, &ep, family)
+    forward::deliver_local(ctx, ep, family)
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
     helpers::generated::bpf_skb_get_tunnel_key,
     programs::TcContext,
 };
-use rama_common::{ETH_P_IP, ETH_P_IPV6, IpKey, counters::Reason};
+use rama_common::{ETH_P_IP, ETH_P_IPV6, IpKey, counters::Reason, flags};
 
 use crate::{
     Verdict,
@@ -44,12 +44,12 @@ pub fn try_vxlan_ingress(ctx: &TcContext) -> Result<Verdict, Reason> {
         // the kernel device handles (and drops) it.
         _ => return Ok(Verdict::pass(Reason::PassStack)),
     };
-    match maps::remote_endpoint(&src) {
-        Some(remote) if remote.vtep == vtep.addr => {}
+    match maps::endpoint(&src) {
+        Some(remote) if remote.flags & flags::LOCAL == 0 && remote.vtep == vtep.addr => {}
         _ => return Err(Reason::DropVtepUnknown),
     }
     match maps::local_endpoint(&dst) {
-        Some(ep) => forward::deliver_local(ctx, &ep, family),
+        Some(ep) => forward::deliver_local(ctx, ep, family),
         None => Ok(Verdict::pass(Reason::PassStack)),
     }
 }

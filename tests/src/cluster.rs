@@ -97,6 +97,9 @@ pub struct Pod {
 /// A whole test cluster; everything is removed on drop.
 pub struct Cluster {
     pub tag: String,
+    /// The agent's `--xdp` policy (`auto` by default; tests set `on` to run the XDP
+    /// pre-filter on real packets over veth uplinks).
+    pub xdp: &'static str,
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub ext: Netns,
@@ -118,6 +121,7 @@ impl Cluster {
         let ext = Netns::new(&format!("{tag}-ext"))?;
         let mut cluster = Cluster {
             tag,
+            xdp: "auto",
             pods: Vec::new(),
             nodes: Vec::new(),
             ext,
@@ -403,6 +407,8 @@ impl Cluster {
                 &datapath.to_string(),
                 "--pin-dir",
                 node.pin_dir.to_str().context("path")?,
+                "--xdp",
+                self.xdp,
             ],
         )?;
         if !out.status.success() {
@@ -460,10 +466,10 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Number of entries in one of node `i`'s pinned maps keyed by IP (RAMA_ENDPOINTS,
-    /// RAMA_REMOTES) or by ifindex (RAMA_EP_BY_IF).
+    /// Number of entries in one of node `i`'s pinned maps: RAMA_ENDPOINTS (pod
+    /// addresses, local and remote) or RAMA_EP_BY_IF (local pods).
     pub fn map_len(&self, i: usize, map: &str) -> usize {
-        use rama_common::{Endpoint, IpKey, RemoteEndpoint};
+        use rama_common::{Endpoint, IpKey, LocalPod};
         let path = rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir)
             .join("maps")
             .join(map);
@@ -474,11 +480,7 @@ impl Cluster {
                 .expect("typed")
                 .keys()
                 .count(),
-            "RAMA_REMOTES" => aya::maps::HashMap::<_, IpKey, RemoteEndpoint>::try_from(map_obj)
-                .expect("typed")
-                .keys()
-                .count(),
-            "RAMA_EP_BY_IF" => aya::maps::HashMap::<_, u32, Endpoint>::try_from(map_obj)
+            "RAMA_EP_BY_IF" => aya::maps::HashMap::<_, u32, LocalPod>::try_from(map_obj)
                 .expect("typed")
                 .keys()
                 .count(),

@@ -20,6 +20,11 @@ pub const N2_VTEP_MAC: &str = "02:00:0b:00:00:02";
 pub const GW100_MAC: &str = "02:00:0c:00:00:64";
 pub const P1_MAC: &str = "02:aa:00:00:64:0a";
 pub const P2_MAC: &str = "02:aa:00:00:f4:0a";
+/// Bench pod p3 has the same MAC as its host veth, so a packet it sends to itself is
+/// rewritten into an identical one: the same-node path can be repeated in place.
+pub const P3_MAC: &str = "02:aa:00:00:64:1e";
+/// Bench pod p4's MAC is the node's VTEP MAC, so its VXLAN path repeats in place.
+pub const P4_MAC: &str = VTEP_MAC;
 
 /// What a test body gets: the loaded datapath and the node's interfaces.
 pub struct Node<'a> {
@@ -29,6 +34,9 @@ pub struct Node<'a> {
     pub p1_host_mac: Mac,
     pub p2: u32,
     pub p2_host_mac: Mac,
+    /// Bench pods (see `P3_MAC`, `P4_MAC`).
+    pub p3: u32,
+    pub p4: u32,
     pub pin_root: PathBuf,
 }
 
@@ -46,7 +54,9 @@ pub fn state() -> serde_json::Value {
         ],
         "endpoints": [
             {"name": "p1", "hostInterface": "rama1", "mac": P1_MAC, "ipv4": "10.100.0.10", "ipv6": "fd00:100::10"},
-            {"name": "p2", "hostInterface": "rama2", "mac": P2_MAC, "ipv4": "10.244.0.10", "ipv6": "fd00:244::10"}
+            {"name": "p2", "hostInterface": "rama2", "mac": P2_MAC, "ipv4": "10.244.0.10", "ipv6": "fd00:244::10"},
+            {"name": "p3", "hostInterface": "rama3", "mac": P3_MAC, "ipv4": "10.100.0.30"},
+            {"name": "p4", "hostInterface": "rama4", "mac": P4_MAC, "ipv4": "10.244.0.40"}
         ],
         "remoteNodes": [{"name": "n2", "vtepIp": "10.0.0.2", "vtepMac": N2_VTEP_MAC, "uplinkMac": N2_UPLINK_MAC}],
         "remoteEndpoints": [
@@ -67,10 +77,16 @@ pub fn with_node<T: Send + 'static>(
     ns.ip(&["link", "set", "up0", "address", UPLINK_MAC, "up"])?;
     ns.ip(&["link", "set", "up0p", "up"])?;
     ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "up0"])?;
-    for (host, pod, mac) in [("rama1", "p1", P1_MAC), ("rama2", "p2", P2_MAC)] {
+    for (host, pod, mac) in [
+        ("rama1", "p1", P1_MAC),
+        ("rama2", "p2", P2_MAC),
+        ("rama3", "p3", P3_MAC),
+        ("rama4", "p4", P4_MAC),
+    ] {
         ns.ip(&["link", "add", host, "type", "veth", "peer", "name", pod])?;
         ns.ip(&["link", "set", pod, "address", mac, "up"])?;
     }
+    ns.ip(&["link", "set", "rama3", "address", P3_MAC])?;
     let pin_root = PathBuf::from(format!("/sys/fs/bpf/rama-test-{name}"));
     let pins = pin_root.clone();
     let handle = ns.run_in(move || -> Result<T> {
@@ -88,7 +104,7 @@ pub fn with_node<T: Send + 'static>(
         let links = rt.block_on(async {
             let nl = rama_agent::net::Netlink::connect()?;
             let mut out = Vec::new();
-            for name in ["up0", "rama1", "rama2"] {
+            for name in ["up0", "rama1", "rama2", "rama3", "rama4"] {
                 out.push(nl.require_link(name).await?);
             }
             Ok::<_, rama_agent::Error>(out)
@@ -100,6 +116,8 @@ pub fn with_node<T: Send + 'static>(
             p1_host_mac: links[1].mac.0,
             p2: links[2].index,
             p2_host_mac: links[2].mac.0,
+            p3: links[3].index,
+            p4: links[4].index,
             pin_root: pins,
         };
         Ok(body(&mut node))

@@ -12,6 +12,8 @@ use rama_tests::{
 fn ebpf_mode_matrix() {
     require_root!();
     let mut c = Cluster::new("ce", &[DatapathMode::Ebpf, DatapathMode::Ebpf]).expect("cluster");
+    // The XDP pre-filter is off by default on veth uplinks; run it here on real packets.
+    c.xdp = "on";
     for (node, name, net) in FULL_PODS {
         c.add_pod(node, name, net).expect("pod");
     }
@@ -47,6 +49,7 @@ fn ebpf_mode_matrix() {
         (1, "uplink_ingress", "nd_reply"),
         (1, "vxlan_ingress", "redirect_local"),
         (1, "pod_egress", "redirect_vxlan"),
+        (1, "uplink_xdp", "pass_stack"),
     ] {
         assert!(
             c.count(node, program, reason) > 0,
@@ -89,6 +92,13 @@ fn mixed_mode_matrix() {
         failures.join("\n"),
         c.describe()
     );
+    // Default XDP policy: not attached to a veth uplink, and the apply says so.
+    assert!(
+        outs[0].contains("XDP pre-filter not attached"),
+        "{}",
+        outs[0]
+    );
+    assert_eq!(c.count(0, "uplink_xdp", "pass_stack"), 0);
     for (program, reason) in [
         ("pod_egress", "redirect_vxlan"),
         ("vxlan_ingress", "redirect_local"),

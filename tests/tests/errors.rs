@@ -16,7 +16,12 @@ fn bare_node(tag: &str) -> Netns {
     ns.ip(&["link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
         .expect("uplink");
     ns.ip(&["link", "set", "up0", "up"]).expect("up");
-    for (host, pod) in [("rama1", "p1"), ("rama2", "p2")] {
+    for (host, pod) in [
+        ("rama1", "p1"),
+        ("rama2", "p2"),
+        ("rama3", "p3"),
+        ("rama4", "p4"),
+    ] {
         ns.ip(&["link", "add", host, "type", "veth", "peer", "name", pod])
             .expect("veth");
     }
@@ -47,7 +52,7 @@ fn rama_footprint(ns: &Netns) -> String {
     if let Ok(rules) = ns.exec("nft", &["list", "table", "inet", "rama"]) {
         out.push_str(&rules);
     }
-    for dev in ["rama1", "rama2"] {
+    for dev in ["rama1", "rama2", "rama3", "rama4"] {
         let addrs = ns.ip(&["addr", "show", "dev", dev]).expect("addr");
         if addrs.contains("169.254.1.1") {
             out.push_str(&format!("gateway address on {dev}\n"));
@@ -226,6 +231,7 @@ fn a_full_map_is_refused_before_anything_is_written() {
                     local_endpoints: 1,
                     ..Default::default()
                 },
+                ..Default::default()
             };
             let mut dp = EbpfDataplane::new(&config).expect("load");
             let state = serde_json::from_value::<NodeState>(single_node::state())
@@ -243,7 +249,7 @@ fn a_full_map_is_refused_before_anything_is_written() {
             wanted,
             capacity,
         }) => {
-            assert_eq!((map, wanted, capacity), ("RAMA_EP_BY_IF", 2, 1));
+            assert_eq!((map, wanted, capacity), ("RAMA_EP_BY_IF", 4, 1));
         }
         other => panic!("expected MapFull, got {other:?}"),
     }

@@ -13,10 +13,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -24,17 +21,27 @@ use aya::{
     },
 };
 use rama_common::{
-    ABI_VERSION, Endpoint, IpKey, NeighEntry, NeighKey, NodeConfig, RemoteEndpoint, SubnetInfo,
+    ABI_VERSION, Endpoint, IpKey, LocalPod, NeighEntry, NeighKey, NodeConfig, PodSubnet,
     counters::{COUNTER_SLOTS, Counter, Program, REASON_COUNT, Reason},
     flags, names,
 };
 use serde::Serialize;
 
-use super::{ApplyReport, Dataplane, DataplaneConfig, host};
+use super::{ApplyReport, Dataplane, DataplaneConfig, XdpPolicy, host};
 use crate::{
     Error, Result, defaults,
     net::Netlink,
-    state::{Fabric, ValidState},
+    state::{Fabric, Subnet, ValidState},
+};
+
+/// The subnet of an address family a pod does not have.
+const NO_SUBNET: PodSubnet = PodSubnet {
+    id: 0,
+    flags: 0,
+    prefix: [0; 16],
+    prefix_len: 0,
+    vlan: 0,
+    gateway_mac: [0; 6],
 };
 
 /// IFLA_IFALIAS of the collect-metadata VXLAN device this backend creates.
@@ -48,7 +55,6 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ra
 pub struct Capacity {
     pub local_endpoints: u32,
     pub remote_endpoints: u32,
-    pub subnets: u32,
     pub neighbours: u32,
     pub nodes: u32,
 }
@@ -58,7 +64,6 @@ impl Default for Capacity {
         Self {
             local_endpoints: defaults::MAX_LOCAL_ENDPOINTS,
             remote_endpoints: defaults::MAX_REMOTE_ENDPOINTS,
-            subnets: defaults::MAX_SUBNETS,
             neighbours: defaults::MAX_NEIGHBOURS,
             nodes: defaults::MAX_NODES,
         }
@@ -70,11 +75,6 @@ pub fn ip_key(ip: IpAddr) -> IpKey {
         IpAddr::V4(a) => IpKey::v4(a.octets()),
         IpAddr::V6(a) => IpKey::v6(a.octets()),
     }
-}
-
-fn lpm_key(net: ipnet::IpNet) -> Key<[u8; 16]> {
-    let key = ip_key(net.network());
-    Key::new(key.lpm_bits(u32::from(net.prefix_len())), key.addr)
 }
 
 /// The pin directory of this ABI version below `root`.
@@ -90,6 +90,7 @@ pub struct EbpfDataplane {
     /// Links this process pinned, by pin file name.
     attached: HashSet<String>,
     nl: Option<Netlink>,
+    xdp: XdpPolicy,
 }
 
 impl EbpfDataplane {
@@ -112,10 +113,11 @@ impl EbpfDataplane {
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&maps_dir)
-            .map_max_entries(names::MAP_ENDPOINTS, cap.local_endpoints * 2)
+            .map_max_entries(
+                names::MAP_ENDPOINTS,
+                cap.local_endpoints * 2 + cap.remote_endpoints,
+            )
             .map_max_entries(names::MAP_EP_BY_IF, cap.local_endpoints)
-            .map_max_entries(names::MAP_REMOTES, cap.remote_endpoints)
-            .map_max_entries(names::MAP_SUBNETS, cap.subnets)
             .map_max_entries(names::MAP_NEIGH, cap.neighbours)
             .map_max_entries(names::MAP_VTEPS, cap.nodes);
         let mut ebpf = loader
@@ -140,6 +142,7 @@ impl EbpfDataplane {
             capacity: cap,
             attached: HashSet::new(),
             nl: None,
+            xdp: config.xdp,
         })
     }
 
@@ -163,7 +166,12 @@ impl EbpfDataplane {
 
     fn check_capacity(&self, state: &ValidState) -> Result<()> {
         let s = &state.state;
-        let checks: [(&'static str, usize, u32); 5] = [
+        let local_ips: usize = s
+            .endpoints
+            .iter()
+            .map(|e| usize::from(e.ipv4.is_some()) + usize::from(e.ipv6.is_some()))
+            .sum();
+        let checks: [(&'static str, usize, u32); 4] = [
             (
                 names::MAP_EP_BY_IF,
                 s.endpoints.len(),
@@ -171,18 +179,14 @@ impl EbpfDataplane {
             ),
             (
                 names::MAP_ENDPOINTS,
-                s.endpoints
-                    .iter()
-                    .map(|e| usize::from(e.ipv4.is_some()) + usize::from(e.ipv6.is_some()))
-                    .sum(),
+                local_ips,
                 self.capacity.local_endpoints * 2,
             ),
             (
-                names::MAP_REMOTES,
-                s.remote_endpoints.len(),
-                self.capacity.remote_endpoints,
+                names::MAP_ENDPOINTS,
+                local_ips + s.remote_endpoints.len(),
+                self.capacity.local_endpoints * 2 + self.capacity.remote_endpoints,
             ),
-            (names::MAP_SUBNETS, s.subnets.len(), self.capacity.subnets),
             (names::MAP_VTEPS, s.remote_nodes.len(), self.capacity.nodes),
         ];
         for (map, wanted, capacity) in checks {
@@ -201,6 +205,63 @@ impl EbpfDataplane {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| Error::EbpfUnavailable(format!("the object has no map {name}")))
+    }
+
+    /// The gateway MAC of an underlay subnet: pinned by the operator, or learned by
+    /// `rama_uplink_in` from the answer to our probe.
+    fn gateway_mac(&mut self, subnet: &Subnet) -> Result<Option<[u8; 6]>> {
+        if let Some(mac) = subnet.gateway_mac {
+            return Ok(Some(mac.0));
+        }
+        let (Fabric::Underlay { vlan }, Some(gw)) = (subnet.fabric, subnet.gateway) else {
+            return Ok(None);
+        };
+        let neigh: BpfHashMap<_, NeighKey, NeighEntry> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_NEIGH)?)
+                .map_err(|e| Error::ebpf("opening RAMA_NEIGH", e))?;
+        let key = NeighKey {
+            addr: ip_key(gw).addr,
+            vlan,
+            _pad: [0; 2],
+        };
+        Ok(neigh.get(&key, 0).ok().map(|n| n.mac))
+    }
+
+    /// What a local pod's traffic needs to know about the subnet of `ip`.
+    fn pod_subnet(
+        &mut self,
+        state: &ValidState,
+        ip: IpAddr,
+        report: &mut ApplyReport,
+    ) -> Result<PodSubnet> {
+        let key = ip_key(ip);
+        let mut out = NO_SUBNET;
+        let Some(subnet) = state.subnet_of(ip).cloned() else {
+            return Ok(out); // validated: cannot happen
+        };
+        out.id = state.subnet_id(&subnet);
+        out.prefix = ip_key(subnet.cidr.network()).addr;
+        out.prefix_len = key.prefix_bits(u32::from(subnet.cidr.prefix_len()));
+        if let Fabric::Underlay { vlan } = subnet.fabric {
+            out.vlan = vlan;
+            match self.gateway_mac(&subnet)? {
+                Some(mac) => {
+                    out.gateway_mac = mac;
+                    out.flags |= flags::GATEWAY_MAC_KNOWN;
+                }
+                None => {
+                    let note = format!(
+                        "subnet {:?}: gateway {} MAC not resolved yet",
+                        subnet.name,
+                        subnet.gateway.map(|g| g.to_string()).unwrap_or_default()
+                    );
+                    if !report.notes.contains(&note) {
+                        report.notes.push(note);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Writes every map from the state; stale entries are removed after the new ones
@@ -226,164 +287,121 @@ impl EbpfDataplane {
         cfg.set(0, config, 0)
             .map_err(|e| Error::ebpf("writing RAMA_CONFIG", e))?;
 
-        // Subnets: keep a gateway MAC resolved earlier unless the operator pins one.
-        let neigh: BpfHashMap<_, NeighKey, NeighEntry> =
-            BpfHashMap::try_from(self.map_mut(names::MAP_NEIGH)?)
-                .map_err(|e| Error::ebpf("opening RAMA_NEIGH", e))?;
-        let mut subnet_infos = Vec::new();
-        for subnet in &s.subnets {
-            let mut info = SubnetInfo {
-                id: state.subnet_id(subnet),
-                flags: 0,
-                vni: 0,
-                vlan: 0,
-                gateway_mac: [0; 6],
-            };
-            match subnet.fabric {
-                Fabric::Underlay { vlan } => {
-                    info.flags |= flags::UNDERLAY;
-                    info.vlan = vlan;
-                    let learned = subnet.gateway.and_then(|gw| {
-                        let key = NeighKey {
-                            addr: ip_key(gw).addr,
-                            vlan,
-                            _pad: [0; 2],
-                        };
-                        neigh.get(&key, 0).ok().map(|n| n.mac)
-                    });
-                    match subnet.gateway_mac.map(|m| m.0).or(learned) {
-                        Some(mac) => {
-                            info.gateway_mac = mac;
-                            info.flags |= flags::GATEWAY_MAC_KNOWN;
-                        }
-                        // Only a subnet with local pods needs its gateway here.
-                        None if !state.has_local_endpoints(subnet) => {}
-                        None => report.notes.push(format!(
-                            "subnet {:?}: gateway {} MAC not resolved yet",
-                            subnet.name,
-                            subnet.gateway.map(|g| g.to_string()).unwrap_or_default()
-                        )),
-                    }
-                }
-                Fabric::Overlay { vni } => {
-                    info.flags |= flags::OVERLAY;
-                    info.vni = vni;
-                }
-            }
-            subnet_infos.push((lpm_key(subnet.cidr), info));
-        }
-        let mut subnets: LpmTrie<_, [u8; 16], SubnetInfo> =
-            LpmTrie::try_from(self.map_mut(names::MAP_SUBNETS)?)
-                .map_err(|e| Error::ebpf("opening RAMA_SUBNETS", e))?;
-        let wanted: HashSet<(u32, [u8; 16])> = subnet_infos
-            .iter()
-            .map(|(k, _)| (k.prefix_len(), k.data()))
-            .collect();
-        for (key, info) in &subnet_infos {
-            subnets
-                .insert(key, *info, 0)
-                .map_err(|e| Error::ebpf("writing RAMA_SUBNETS", e))?;
-        }
-        let stale: Vec<Key<[u8; 16]>> = subnets
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !wanted.contains(&(k.prefix_len(), k.data())))
-            .collect();
-        for key in stale {
-            let _ = subnets.remove(&key);
-        }
+        let fabric_flags = |fabric: Fabric| match fabric {
+            Fabric::Underlay { .. } => flags::UNDERLAY,
+            Fabric::Overlay { .. } => flags::OVERLAY,
+        };
+        let vlan_of = |fabric: Fabric| match fabric {
+            Fabric::Underlay { vlan } => vlan,
+            Fabric::Overlay { .. } => 0,
+        };
 
-        // Local endpoints, by IP and by host ifindex.
-        let mut by_ip: HashMap<IpKey, Endpoint> = HashMap::new();
-        let mut by_if: HashMap<u32, Endpoint> = HashMap::new();
+        // Local pods: by host ifindex (with their subnets) and by address.
+        let mut endpoints: HashMap<IpKey, Endpoint> = HashMap::new();
+        let mut pods: HashMap<u32, LocalPod> = HashMap::new();
         for (ep, link) in s.endpoints.iter().zip(&links.endpoints) {
-            let mut value = Endpoint {
-                ifindex: link.index,
-                flags: 0,
+            let mut pod = LocalPod {
+                flags: state.endpoint_fabric(ep).map(fabric_flags).unwrap_or(0),
                 mac: ep.mac.0,
-                host_mac: link.mac.0,
+                _pad: [0; 2],
                 ipv4: [0; 4],
                 ipv6: [0; 16],
+                subnet_v4: NO_SUBNET,
+                subnet_v6: NO_SUBNET,
             };
-            match state.endpoint_fabric(ep) {
-                Some(Fabric::Underlay { .. }) => value.flags |= flags::UNDERLAY,
-                Some(Fabric::Overlay { .. }) => value.flags |= flags::OVERLAY,
-                None => {}
-            }
             if let Some(a) = ep.ipv4 {
-                value.flags |= flags::HAS_V4;
-                value.ipv4 = a.octets();
+                pod.flags |= flags::HAS_V4;
+                pod.ipv4 = a.octets();
+                pod.subnet_v4 = self.pod_subnet(state, a.into(), report)?;
             }
             if let Some(a) = ep.ipv6 {
-                value.flags |= flags::HAS_V6;
-                value.ipv6 = a.octets();
+                pod.flags |= flags::HAS_V6;
+                pod.ipv6 = a.octets();
+                pod.subnet_v6 = self.pod_subnet(state, a.into(), report)?;
             }
-            for ip in host::endpoint_routes(ep) {
-                by_ip.insert(ip_key(ip.addr()), value);
+            for ip in host::endpoint_routes(ep).map(|n| n.addr()) {
+                let Some(subnet) = state.subnet_of(ip) else {
+                    continue;
+                };
+                endpoints.insert(
+                    ip_key(ip),
+                    Endpoint {
+                        flags: flags::LOCAL | fabric_flags(subnet.fabric),
+                        ifindex: link.index,
+                        subnet_id: state.subnet_id(subnet),
+                        vlan: vlan_of(subnet.fabric),
+                        _pad: [0; 2],
+                        mac: ep.mac.0,
+                        host_mac: link.mac.0,
+                        vtep_mac: [0; 6],
+                        node_mac: [0; 6],
+                        vtep: [0; 16],
+                    },
+                );
             }
-            by_if.insert(link.index, value);
+            pods.insert(link.index, pod);
         }
-        sync_hash(
-            self.map_mut(names::MAP_ENDPOINTS)?,
-            names::MAP_ENDPOINTS,
-            &by_ip,
-        )?;
-        sync_hash(
-            self.map_mut(names::MAP_EP_BY_IF)?,
-            names::MAP_EP_BY_IF,
-            &by_if,
-        )?;
-
-        // Remote endpoints and the VTEP allow-list.
-        let mut remotes: HashMap<IpKey, RemoteEndpoint> = HashMap::new();
+        // Remote pods.
         for r in &s.remote_endpoints {
             let (Some(node), Some(subnet)) = (state.remote_node(&r.node), state.subnet_of(r.ip))
             else {
                 continue; // validated: cannot happen
             };
-            let mut value = RemoteEndpoint {
-                vtep: ip_key(node.vtep_ip).addr,
+            let mut value = Endpoint {
+                flags: fabric_flags(subnet.fabric),
+                ifindex: 0,
+                subnet_id: state.subnet_id(subnet),
+                vlan: vlan_of(subnet.fabric),
+                _pad: [0; 2],
+                mac: [0; 6],
+                host_mac: [0; 6],
                 vtep_mac: node.vtep_mac.0,
                 node_mac: node.uplink_mac.0,
-                subnet_id: state.subnet_id(subnet),
-                flags: 0,
-                vlan: 0,
-                _pad: [0; 2],
+                vtep: ip_key(node.vtep_ip).addr,
             };
             if node.vtep_ip.is_ipv6() {
                 value.flags |= flags::VTEP_V6;
             }
-            match subnet.fabric {
-                Fabric::Underlay { vlan } => {
-                    value.flags |= flags::UNDERLAY;
-                    value.vlan = vlan;
-                }
-                Fabric::Overlay { .. } => value.flags |= flags::OVERLAY,
-            }
-            remotes.insert(ip_key(r.ip), value);
+            endpoints.insert(ip_key(r.ip), value);
         }
         sync_hash(
-            self.map_mut(names::MAP_REMOTES)?,
-            names::MAP_REMOTES,
-            &remotes,
+            self.map_mut(names::MAP_ENDPOINTS)?,
+            names::MAP_ENDPOINTS,
+            &endpoints,
         )?;
+        sync_hash(
+            self.map_mut(names::MAP_EP_BY_IF)?,
+            names::MAP_EP_BY_IF,
+            &pods,
+        )?;
+
         let vteps: HashMap<IpKey, u32> = s
             .remote_nodes
             .iter()
             .map(|n| (ip_key(n.vtep_ip), 1))
             .collect();
         sync_hash(self.map_mut(names::MAP_VTEPS)?, names::MAP_VTEPS, &vteps)?;
-        let vlans: HashMap<u16, u32> = s
+        let served: HashSet<u16> = s
             .subnets
             .iter()
             .filter_map(|s| match s.fabric {
-                Fabric::Underlay { vlan } => Some((vlan, 1)),
+                Fabric::Underlay { vlan } => Some(vlan),
                 Fabric::Overlay { .. } => None,
             })
             .collect();
-        sync_hash(self.map_mut(names::MAP_VLANS)?, names::MAP_VLANS, &vlans)?;
+        let mut vlans: Array<_, u32> = Array::try_from(self.map_mut(names::MAP_VLANS)?)
+            .map_err(|e| Error::ebpf("opening RAMA_VLANS", e))?;
+        for vlan in 0..4096u16 {
+            let want = u32::from(served.contains(&vlan));
+            let index = u32::from(vlan);
+            if vlans.get(&index, 0).ok() != Some(want) {
+                vlans
+                    .set(index, want, 0)
+                    .map_err(|e| Error::ebpf("writing RAMA_VLANS", e))?;
+            }
+        }
         report.endpoints = s.endpoints.len();
-        report.remote_endpoints = remotes.len();
+        report.remote_endpoints = s.remote_endpoints.len();
         report.subnets = s.subnets.len();
         Ok(())
     }
@@ -434,7 +452,7 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    fn attach_xdp(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+    fn attach_xdp(&mut self, ifname: &str, ifindex: u32, mode: XdpMode) -> Result<()> {
         let prog_name = names::PROG_UPLINK_XDP;
         let pin_name = format!("{prog_name}@{ifindex}");
         if self.attached.contains(&pin_name) {
@@ -447,7 +465,7 @@ impl EbpfDataplane {
         let prog: &mut Xdp = program(&mut self.ebpf, prog_name)?;
         let what = || format!("attaching {prog_name} to {ifname}");
         let id = prog
-            .attach(ifname, XdpMode::default())
+            .attach(ifname, mode)
             .map_err(|e| Error::ebpf(what(), e))?;
         let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
         let fd_link = FdLink::try_from(link).map_err(|e| Error::ebpf(what(), e))?;
@@ -701,8 +719,29 @@ impl Dataplane for EbpfDataplane {
         let uplink = links.uplink.clone();
         self.attach_tc(names::PROG_UPLINK_INGRESS, &uplink.name, uplink.index)?;
         wanted.insert(format!("{}@{}", names::PROG_UPLINK_INGRESS, uplink.index));
-        self.attach_xdp(&uplink.name, uplink.index)?;
-        wanted.insert(format!("{}@{}", names::PROG_UPLINK_XDP, uplink.index));
+        match (self.xdp, uplink.kind.as_deref()) {
+            (XdpPolicy::Off, _) => {}
+            (XdpPolicy::Auto, Some("veth")) => report.notes.push(format!(
+                "XDP pre-filter not attached: uplink {} is a veth (XDP there turns off GSO on its peer); \
+                 rama_uplink_in does the same checks",
+                uplink.name
+            )),
+            (XdpPolicy::Auto, _) => {
+                // Native mode only: generic XDP linearises every skb.
+                match self.attach_xdp(&uplink.name, uplink.index, XdpMode::Driver) {
+                    Ok(()) => {
+                        wanted.insert(format!("{}@{}", names::PROG_UPLINK_XDP, uplink.index));
+                    }
+                    Err(e) => report.notes.push(format!(
+                        "XDP pre-filter not attached ({e}); rama_uplink_in does the same checks"
+                    )),
+                }
+            }
+            (XdpPolicy::On, _) => {
+                self.attach_xdp(&uplink.name, uplink.index, XdpMode::default())?;
+                wanted.insert(format!("{}@{}", names::PROG_UPLINK_XDP, uplink.index));
+            }
+        }
         if vxlan != 0 {
             self.attach_tc(names::PROG_VXLAN_INGRESS, defaults::VXLAN_DEVICE, vxlan)?;
             wanted.insert(format!("{}@{}", names::PROG_VXLAN_INGRESS, vxlan));
@@ -713,7 +752,11 @@ impl Dataplane for EbpfDataplane {
         }
         // With rama_uplink_in attached, answers to gateway probes get learned.
         if self.resolve_gateways(state, &links)? {
+            let notes = std::mem::take(&mut report.notes);
             report = ApplyReport::default();
+            report
+                .notes
+                .extend(notes.into_iter().filter(|n| n.starts_with("XDP")));
             self.sync_maps(state, &links, vxlan, &mut report)?;
         }
         self.release_stale_links(&wanted);

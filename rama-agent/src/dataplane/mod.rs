@@ -62,6 +62,36 @@ impl fmt::Display for DatapathMode {
     }
 }
 
+/// Whether to attach the XDP pre-filter to the uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpPolicy {
+    /// In native (driver) mode on a NIC whose driver has it; never on a veth, where an
+    /// XDP program makes the kernel turn off GSO on the peer (drivers/net/veth.c,
+    /// veth_fix_features) and costs far more than the filter saves.
+    #[default]
+    Auto,
+    /// Always, in whatever mode the kernel picks (tests use it on veth uplinks).
+    On,
+    /// Never: the TC programs do the same checks after the skb exists.
+    Off,
+}
+
+impl FromStr for XdpPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!(
+                "unknown XDP policy {other:?}: expected auto, on or off"
+            )),
+        }
+    }
+}
+
 /// What a backend reports after an apply.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ApplyReport {
@@ -91,6 +121,7 @@ pub struct DataplaneConfig {
     /// Where the eBPF backend pins maps and links for this node.
     pub pin_dir: PathBuf,
     pub capacity: ebpf::Capacity,
+    pub xdp: XdpPolicy,
 }
 
 impl Default for DataplaneConfig {
@@ -99,6 +130,7 @@ impl Default for DataplaneConfig {
             mode: DatapathMode::Auto,
             pin_dir: PathBuf::from(rama_common::names::PIN_ROOT),
             capacity: ebpf::Capacity::default(),
+            xdp: XdpPolicy::Auto,
         }
     }
 }
