@@ -84,6 +84,19 @@ impl Error {
         }
     }
 
+    /// `Ok` when a teardown collected no errors, else one error listing them all.
+    pub(crate) fn collected(errors: Vec<Error>) -> Result<()> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let msg = errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(Error::Teardown(errors.len(), msg))
+    }
+
     /// A short, bounded label for metrics (`rama_dataplane_sync_errors_total{reason}`).
     pub fn metric_label(&self) -> &'static str {
         match self {

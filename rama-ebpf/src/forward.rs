@@ -168,6 +168,10 @@ pub fn to_vxlan(
         key.__bindgen_anon_1.remote_ipv6 = words;
         tunnel_flags |= u64::from(aya_ebpf::bindings::BPF_F_TUNINFO_IPV6);
     } else {
+        // RFC 7348 §5: the outer UDP checksum SHOULD be zero over IPv4 (the inner
+        // frame has its own); the fallback's VXLAN device is set up the same way.
+        // Over IPv6 a checksum is required (RFC 8200 §8.1), so it stays on there.
+        tunnel_flags |= u64::from(aya_ebpf::bindings::BPF_F_ZERO_CSUM_TX);
         // The helper takes the IPv4 address in host order and converts it itself.
         let v = &remote.vtep;
         key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes([v[12], v[13], v[14], v[15]]);

@@ -84,6 +84,15 @@ impl Drop for Netns {
     }
 }
 
+/// A directory (BPF pins, scratch files) removed on drop, also when a test panics.
+pub struct DirGuard(pub std::path::PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs a command; its stdout on success, an error with stderr otherwise.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)

@@ -8,7 +8,11 @@ use rama_agent::{
     },
     state::NodeState,
 };
-use rama_tests::{agent_binary, netns::Netns, require_root, single_node};
+use rama_tests::{
+    agent_binary,
+    netns::{DirGuard, Netns},
+    require_root, single_node,
+};
 
 /// A namespace with an uplink and one pod veth, nothing of Rama's in it.
 fn bare_node(tag: &str) -> Netns {
@@ -96,6 +100,7 @@ fn bad_states_are_refused_whole_by_the_agent() {
     require_root!();
     let ns = bare_node("eb");
     let pins = pin_dir(&ns);
+    let _cleanup = DirGuard(pins.clone().into());
     let mut cases: Vec<(&str, serde_json::Value, &str)> = Vec::new();
     let mut s = single_node::state();
     s["node"]["uplink"] = "nope0".into();
@@ -138,7 +143,6 @@ fn bad_states_are_refused_whole_by_the_agent() {
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&pins);
 }
 
 #[test]
@@ -155,6 +159,7 @@ fn fallback_refuses_underlay_pods_without_8021q_before_writing_anything() {
         eprintln!("SKIP: this kernel has 802.1Q devices; the VLAN path is tested for real instead");
         return;
     }
+    let _cleanup = DirGuard(pin_dir(&ns).into());
     let out = apply_cli(&ns, &single_node::state(), "fallback", &pin_dir(&ns));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -217,6 +222,7 @@ fn a_full_map_is_refused_before_anything_is_written() {
     require_root!();
     let ns = bare_node("em");
     let pins = std::path::PathBuf::from(pin_dir(&ns));
+    let _cleanup = DirGuard(pins.clone());
     let pins2 = pins.clone();
     let result = ns
         .run_in(move || {
@@ -254,5 +260,4 @@ fn a_full_map_is_refused_before_anything_is_written() {
         other => panic!("expected MapFull, got {other:?}"),
     }
     assert!(rama_footprint(&ns).is_empty());
-    let _ = std::fs::remove_dir_all(&pins);
 }

@@ -232,7 +232,7 @@ impl EbpfDataplane {
         &mut self,
         state: &ValidState,
         ip: IpAddr,
-        report: &mut ApplyReport,
+        notes: &mut Vec<String>,
     ) -> Result<PodSubnet> {
         let key = ip_key(ip);
         let mut out = NO_SUBNET;
@@ -255,8 +255,8 @@ impl EbpfDataplane {
                         subnet.name,
                         subnet.gateway.map(|g| g.to_string()).unwrap_or_default()
                     );
-                    if !report.notes.contains(&note) {
-                        report.notes.push(note);
+                    if !notes.contains(&note) {
+                        notes.push(note);
                     }
                 }
             }
@@ -265,14 +265,15 @@ impl EbpfDataplane {
     }
 
     /// Writes every map from the state; stale entries are removed after the new ones
-    /// are in, so no lookup that should succeed ever misses during an update.
+    /// are in, so no lookup that should succeed ever misses during an update. Returns
+    /// notes for the operator (gateways not resolved yet).
     fn sync_maps(
         &mut self,
         state: &ValidState,
         links: &host::Links,
         vxlan_ifindex: u32,
-        report: &mut ApplyReport,
-    ) -> Result<()> {
+    ) -> Result<Vec<String>> {
+        let mut notes = Vec::new();
         let s = &state.state;
         let config = NodeConfig {
             uplink_ifindex: links.uplink.index,
@@ -312,12 +313,12 @@ impl EbpfDataplane {
             if let Some(a) = ep.ipv4 {
                 pod.flags |= flags::HAS_V4;
                 pod.ipv4 = a.octets();
-                pod.subnet_v4 = self.pod_subnet(state, a.into(), report)?;
+                pod.subnet_v4 = self.pod_subnet(state, a.into(), &mut notes)?;
             }
             if let Some(a) = ep.ipv6 {
                 pod.flags |= flags::HAS_V6;
                 pod.ipv6 = a.octets();
-                pod.subnet_v6 = self.pod_subnet(state, a.into(), report)?;
+                pod.subnet_v6 = self.pod_subnet(state, a.into(), &mut notes)?;
             }
             for ip in host::endpoint_routes(ep).map(|n| n.addr()) {
                 let Some(subnet) = state.subnet_of(ip) else {
@@ -400,10 +401,7 @@ impl EbpfDataplane {
                     .map_err(|e| Error::ebpf("writing RAMA_VLANS", e))?;
             }
         }
-        report.endpoints = s.endpoints.len();
-        report.remote_endpoints = s.remote_endpoints.len();
-        report.subnets = s.subnets.len();
-        Ok(())
+        Ok(notes)
     }
 
     /// Attaches a TC program to `ifname` ingress and pins the link; a link pinned by an
@@ -712,8 +710,13 @@ impl Dataplane for EbpfDataplane {
         }
         host::apply(&nl, state, &links).await?;
         let vxlan = self.ensure_vxlan(state, links.uplink.index).await?;
-        let mut report = ApplyReport::default();
-        self.sync_maps(state, &links, vxlan, &mut report)?;
+        let mut report = ApplyReport {
+            endpoints: state.state.endpoints.len(),
+            remote_endpoints: state.state.remote_endpoints.len(),
+            subnets: state.state.subnets.len(),
+            notes: Vec::new(),
+        };
+        let mut gateway_notes = self.sync_maps(state, &links, vxlan)?;
 
         let mut wanted = HashSet::new();
         let uplink = links.uplink.clone();
@@ -752,13 +755,9 @@ impl Dataplane for EbpfDataplane {
         }
         // With rama_uplink_in attached, answers to gateway probes get learned.
         if self.resolve_gateways(state, &links)? {
-            let notes = std::mem::take(&mut report.notes);
-            report = ApplyReport::default();
-            report
-                .notes
-                .extend(notes.into_iter().filter(|n| n.starts_with("XDP")));
-            self.sync_maps(state, &links, vxlan, &mut report)?;
+            gateway_notes = self.sync_maps(state, &links, vxlan)?;
         }
+        report.notes.extend(gateway_notes);
         self.release_stale_links(&wanted);
         Ok(report)
     }
@@ -786,16 +785,7 @@ impl Dataplane for EbpfDataplane {
         {
             errors.push(Error::io(format!("removing {}", self.pin_dir.display()), e));
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            let msg = errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            Err(Error::Teardown(errors.len(), msg))
-        }
+        Error::collected(errors)
     }
 }
 

@@ -93,6 +93,8 @@ async fn ensure_vxlan(nl: &Netlink, state: &ValidState, uplink: &Link, vni: u32)
     let mut msg = rtnetlink::LinkVxlan::new(defaults::VXLAN_DEVICE, vni)
         .port(rama_common::VXLAN_PORT)
         .learning(false)
+        // Zero outer UDP checksum over IPv4 (RFC 7348 §5), as the eBPF backend sends.
+        .udp_csum(false)
         .dev(uplink.index)
         .address(state.state.node.vtep_mac.0.to_vec());
     msg = match state.state.node.vtep_ip {
@@ -283,16 +285,7 @@ impl Dataplane for FallbackDataplane {
         if let Err(e) = super::ebpf::release_pins(&self.ebpf_pin_dir) {
             errors.push(e);
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            let msg = errors
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ");
-            Err(Error::Teardown(errors.len(), msg))
-        }
+        Error::collected(errors)
     }
 }
 
