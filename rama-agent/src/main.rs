@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use rama_agent::{
     dataplane::{Backend, DatapathMode, Dataplane, DataplaneConfig, XdpPolicy, ebpf},
+    defaults,
     state::NodeState,
 };
 
@@ -34,6 +35,12 @@ enum Command {
         /// The uplink's XDP pre-filter: auto (native mode, never on a veth), on, off.
         #[arg(long, env = "RAMA_XDP", default_value = "auto")]
         xdp: XdpPolicy,
+        /// Capacity of the eBPF maps for pods on this node (each may have two addresses).
+        #[arg(long, env = "RAMA_MAX_LOCAL_ENDPOINTS", default_value_t = defaults::MAX_LOCAL_ENDPOINTS)]
+        max_local_endpoints: u32,
+        /// Capacity of the eBPF maps for pod addresses on other nodes.
+        #[arg(long, env = "RAMA_MAX_REMOTE_ENDPOINTS", default_value_t = defaults::MAX_REMOTE_ENDPOINTS)]
+        max_remote_endpoints: u32,
     },
     /// Remove everything Rama created on this node (routes, rules, devices, pins).
     Teardown {
@@ -78,6 +85,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             datapath,
             pin_dir,
             xdp,
+            max_local_endpoints,
+            max_remote_endpoints,
         } => {
             let text = std::fs::read_to_string(&state)
                 .with_context(|| format!("reading {}", state.display()))?;
@@ -86,7 +95,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 mode: datapath,
                 pin_dir,
                 xdp,
-                ..Default::default()
+                capacity: ebpf::Capacity {
+                    local_endpoints: max_local_endpoints,
+                    remote_endpoints: max_remote_endpoints,
+                    ..Default::default()
+                },
             };
             let (mut backend, status) = Backend::new(&config)?;
             log::info!(

@@ -100,6 +100,8 @@ pub struct Cluster {
     /// The agent's `--xdp` policy (`auto` by default; tests set `on` to run the XDP
     /// pre-filter on real packets over veth uplinks).
     pub xdp: &'static str,
+    /// More `rama-agent apply` arguments (capacities…).
+    pub extra_args: Vec<String>,
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub ext: Netns,
@@ -122,6 +124,7 @@ impl Cluster {
         let mut cluster = Cluster {
             tag,
             xdp: "auto",
+            extra_args: Vec::new(),
             pods: Vec::new(),
             nodes: Vec::new(),
             ext,
@@ -397,20 +400,22 @@ impl Cluster {
         let node = &self.nodes[i];
         let path = self.scratch.join(format!("{}.json", node.name));
         std::fs::write(&path, serde_json::to_vec_pretty(state)?)?;
-        let out = node.ns.exec_output(
-            agent_binary().to_str().context("agent path")?,
-            &[
-                "apply",
-                "--state",
-                path.to_str().context("path")?,
-                "--datapath",
-                &datapath.to_string(),
-                "--pin-dir",
-                node.pin_dir.to_str().context("path")?,
-                "--xdp",
-                self.xdp,
-            ],
-        )?;
+        let datapath = datapath.to_string();
+        let mut args = vec![
+            "apply",
+            "--state",
+            path.to_str().context("path")?,
+            "--datapath",
+            &datapath,
+            "--pin-dir",
+            node.pin_dir.to_str().context("path")?,
+            "--xdp",
+            self.xdp,
+        ];
+        args.extend(self.extra_args.iter().map(String::as_str));
+        let out = node
+            .ns
+            .exec_output(agent_binary().to_str().context("agent path")?, &args)?;
         if !out.status.success() {
             bail!(
                 "rama-agent apply on {} failed: {}",
@@ -466,6 +471,18 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// `max_entries` of one of node `i`'s pinned maps.
+    pub fn map_capacity(&self, i: usize, map: &str) -> u32 {
+        let path = rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir)
+            .join("maps")
+            .join(map);
+        aya::maps::MapData::from_pin(&path)
+            .expect("pinned map")
+            .info()
+            .expect("map info")
+            .max_entries()
+    }
+
     /// Number of entries in one of node `i`'s pinned maps: RAMA_ENDPOINTS (pod
     /// addresses, local and remote) or RAMA_EP_BY_IF (local pods).
     pub fn map_len(&self, i: usize, map: &str) -> usize {

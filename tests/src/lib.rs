@@ -17,8 +17,9 @@
 //! The router terminates each VLAN on its own port. The host kernel here has no 802.1Q
 //! devices, so each VLAN port carries a two-line tc program built here from LLVM IR
 //! (pop the tag on ingress, push it on egress) — deliberately independent of Rama's
-//! programs so one bug cannot hide another. Inside a VM with a stock kernel the same
-//! harness can use real 802.1Q sub-interfaces (`VlanPorts::Kernel`).
+//! programs so one bug cannot hide another. The harness only needs `ip`, `tc`,
+//! `nsenter`, `llc` and the agent binary, so it runs unchanged inside a VM that shares
+//! the host's root filesystem (the kernel matrix).
 //!
 //! Names are prefixed with a per-test tag and the process id so tests run in parallel
 //! and never touch anything they did not create.

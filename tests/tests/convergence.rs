@@ -91,6 +91,27 @@ fn apply_is_idempotent_and_collects_garbage() {
 }
 
 #[test]
+fn map_capacity_changes_take_effect_and_keep_forwarding() {
+    require_root!();
+    let mut c = Cluster::new("gr", &[DatapathMode::Ebpf, DatapathMode::Ebpf]).expect("cluster");
+    c.add_pod(0, "ua", PodNet::Vlan100).expect("pod");
+    c.add_pod(1, "ub", PodNet::Vlan100).expect("pod");
+    c.apply().expect("apply");
+    let default = c.map_capacity(0, "RAMA_ENDPOINTS");
+    assert_eq!(default, 1024 * 2 + 65536);
+    c.extra_args = vec!["--max-remote-endpoints".into(), "128".into()];
+    c.apply().expect("apply with a smaller map");
+    assert_eq!(c.map_capacity(0, "RAMA_ENDPOINTS"), 1024 * 2 + 128);
+    assert_eq!(
+        c.map_len(0, "RAMA_ENDPOINTS"),
+        4,
+        "refilled after re-creation"
+    );
+    ping(&c.pod("ua").ns, c.pod("ub").ipv4.into()).expect("forwarding after the resize");
+    ping(&c.pod("ub").ns, c.pod("ua").ipv6.into()).expect("both ways");
+}
+
+#[test]
 fn backends_converge_from_each_others_state_and_tear_down_cleanly() {
     require_root!();
     let mut c = Cluster::new("gs", &[DatapathMode::Ebpf, DatapathMode::Ebpf]).expect("cluster");

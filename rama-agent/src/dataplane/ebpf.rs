@@ -6,6 +6,7 @@
 //! and only then releasing the old link.
 use std::{
     collections::{HashMap, HashSet},
+    mem::size_of,
     net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -110,6 +111,35 @@ impl EbpfDataplane {
         std::fs::create_dir_all(pin_dir.join("links"))
             .map_err(|e| Error::io(format!("creating {}", pin_dir.display()), e))?;
         let cap = config.capacity;
+        let layouts = [
+            (
+                names::MAP_ENDPOINTS,
+                size_of::<IpKey>(),
+                size_of::<Endpoint>(),
+                cap.local_endpoints * 2 + cap.remote_endpoints,
+            ),
+            (
+                names::MAP_EP_BY_IF,
+                size_of::<u32>(),
+                size_of::<LocalPod>(),
+                cap.local_endpoints,
+            ),
+            (
+                names::MAP_NEIGH,
+                size_of::<NeighKey>(),
+                size_of::<NeighEntry>(),
+                cap.neighbours,
+            ),
+            (
+                names::MAP_VTEPS,
+                size_of::<IpKey>(),
+                size_of::<u32>(),
+                cap.nodes,
+            ),
+        ];
+        for (name, key, value, entries) in layouts {
+            unpin_if_different(&maps_dir.join(name), key, value, entries);
+        }
         let mut loader = EbpfLoader::new();
         loader
             .default_map_pin_directory(&maps_dir)
@@ -600,6 +630,34 @@ pub fn release_pins(pin_root: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// A pinned map is reused as it is (aya does not compare it with the object), so a map
+/// pinned with another capacity or layout is unpinned here and created afresh: the
+/// programs still attached keep the old one until their links are replaced, and the
+/// apply that follows fills the new one.
+fn unpin_if_different(path: &Path, key_size: usize, value_size: usize, max_entries: u32) {
+    let Ok(map) = MapData::from_pin(path) else {
+        return;
+    };
+    let Ok(info) = map.info() else {
+        return;
+    };
+    let same = info.key_size() as usize == key_size
+        && info.value_size() as usize == value_size
+        && info.max_entries() == max_entries;
+    if !same {
+        log::info!(
+            "re-creating {} ({} entries of {}+{} bytes, now {max_entries} of {key_size}+{value_size})",
+            path.display(),
+            info.max_entries(),
+            info.key_size(),
+            info.value_size()
+        );
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("unpinning {}: {e}", path.display());
+        }
     }
 }
 
