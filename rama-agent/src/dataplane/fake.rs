@@ -35,3 +35,33 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::NodeState;
+
+    fn state() -> ValidState {
+        serde_json::from_value::<NodeState>(serde_json::json!({
+            "node": {"name": "n1", "uplink": "up0", "vtepIp": "10.0.0.1", "vtepMac": "02:00:00:00:00:01"},
+            "subnets": [{"name": "o", "cidr": "10.244.0.0/24", "fabric": {"type": "overlay", "vni": 7}}]
+        }))
+        .expect("state")
+        .validate()
+        .expect("valid")
+    }
+
+    #[tokio::test]
+    async fn records_states_and_fails_on_request() {
+        let mut fake = FakeDataplane::default();
+        let report = fake.apply(&state()).await.expect("apply");
+        assert_eq!(report.subnets, 1);
+        fake.fail_next = Some("injected".into());
+        let err = fake.apply(&state()).await.expect_err("must fail once");
+        assert!(err.to_string().contains("injected"));
+        fake.apply(&state()).await.expect("recovers");
+        assert_eq!(fake.applied.len(), 2, "the failed apply recorded nothing");
+        fake.teardown().await.expect("teardown");
+        assert_eq!(fake.teardowns, 1);
+    }
+}

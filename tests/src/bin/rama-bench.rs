@@ -189,6 +189,16 @@ fn program_costs(rounds: usize) -> Result<serde_json::Value> {
             ifindex,
             frame,
         };
+        // An overlay pod to outside the cluster: left to the stack, untouched.
+        let to_stack = frames::udp(
+            n.p2_host_mac,
+            mac(single_node::P2_MAC),
+            None,
+            v4("10.244.0.10"),
+            v4("198.51.100.2"),
+            53,
+            64,
+        );
         let p1_udp = |dst: &str| frames::udp(hm, p1, None, v4("10.100.0.10"), v4(dst), 5000, 64);
         let fresh = vec![
             case("empty TC program", "", n.p1, p1_udp("10.244.0.10")),
@@ -220,15 +230,7 @@ fn program_costs(rounds: usize) -> Result<serde_json::Value> {
                 "pod egress: to stack",
                 names::PROG_POD_EGRESS,
                 n.p2,
-                frames::udp(
-                    n.p2_host_mac,
-                    mac(single_node::P2_MAC),
-                    None,
-                    v4("10.244.0.10"),
-                    v4("198.51.100.2"),
-                    53,
-                    64,
-                ),
+                to_stack.clone(),
             ),
             case(
                 "pod egress: spoof drop",
@@ -336,15 +338,7 @@ fn program_costs(rounds: usize) -> Result<serde_json::Value> {
                 "pod egress: to stack",
                 names::PROG_POD_EGRESS,
                 n.p2,
-                frames::udp(
-                    n.p2_host_mac,
-                    mac(single_node::P2_MAC),
-                    None,
-                    v4("10.244.0.10"),
-                    v4("198.51.100.2"),
-                    53,
-                    64,
-                ),
+                to_stack.clone(),
             ),
             case(
                 "pod egress: spoof drop",
