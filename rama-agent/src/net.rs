@@ -31,6 +31,21 @@ pub struct Link {
     pub kind: Option<String>,
 }
 
+/// Which neighbour-table entries [`Netlink::neighbour_entries`] lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeighbourKind {
+    Ip,
+    Proxy,
+    Fdb,
+}
+
+/// What a neighbour-table entry is for: an IP, or (FDB) a MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NeighbourKey {
+    Ip(IpAddr),
+    Mac(MacAddr),
+}
+
 /// A connection to rtnetlink in the calling thread's network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -417,29 +432,71 @@ impl Netlink {
             .map_err(|e| Error::netlink(format!("FDB {mac} → {dst} on link #{index}"), e))
     }
 
-    /// Permanent neighbour entries on a link (IPv4 and IPv6), as (ip, message).
-    pub async fn neighbours(
+    /// Neighbour-table entries of one kind on a link: permanent IP neighbours, proxy
+    /// entries (`ip neigh show proxy`) or VXLAN FDB entries that point at a VTEP.
+    pub async fn neighbour_entries(
         &self,
         index: u32,
-    ) -> Result<Vec<(IpAddr, netlink_packet_route::neighbour::NeighbourMessage)>> {
+        kind: NeighbourKind,
+    ) -> Result<
+        Vec<(
+            NeighbourKey,
+            netlink_packet_route::neighbour::NeighbourMessage,
+        )>,
+    > {
         use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let mut req = self.handle.neighbours().get();
+        match kind {
+            NeighbourKind::Ip => {}
+            NeighbourKind::Proxy => req = req.proxies(),
+            NeighbourKind::Fdb => req = req.set_address_family(AddressFamily::Bridge),
+        }
         let mut out = Vec::new();
-        let mut stream = self.handle.neighbours().get().execute();
+        let mut stream = req.execute();
         while let Some(msg) = stream
             .try_next()
             .await
             .map_err(|e| Error::netlink("listing neighbours", e))?
         {
-            if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
+            if msg.header.ifindex != index {
                 continue;
             }
             let ip = msg.attributes.iter().find_map(|a| match a {
                 NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => Some(IpAddr::V4(*a)),
                 NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                // In AF_BRIDGE (FDB) messages the parser cannot tell the address family
+                // from the header and leaves the bytes raw.
+                NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                },
                 _ => None,
             });
-            if let Some(ip) = ip {
-                out.push((ip, msg));
+            let mac = msg.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(m);
+                    Some(MacAddr(mac))
+                }
+                _ => None,
+            });
+            let key = match kind {
+                NeighbourKind::Ip if msg.header.state == NeighbourState::Permanent => {
+                    ip.map(NeighbourKey::Ip)
+                }
+                NeighbourKind::Ip => None,
+                NeighbourKind::Proxy if msg.header.flags.contains(NeighbourFlags::Proxy) => {
+                    ip.map(NeighbourKey::Ip)
+                }
+                NeighbourKind::Proxy => None,
+                // Only entries with a remote VTEP are Rama's (a device's own
+                // multicast/default entries have none).
+                NeighbourKind::Fdb if ip.is_some() => mac.map(NeighbourKey::Mac),
+                NeighbourKind::Fdb => None,
+            };
+            if let Some(key) = key {
+                out.push((key, msg));
             }
         }
         Ok(out)

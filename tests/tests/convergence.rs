@@ -160,3 +160,44 @@ fn backends_converge_from_each_others_state_and_tear_down_cleanly() {
     }
     assert!(c.pinned_links(0).is_empty());
 }
+
+#[test]
+fn fallback_forgets_departed_nodes_and_pods() {
+    require_root!();
+    let mut c =
+        Cluster::new("gf", &[DatapathMode::Fallback, DatapathMode::Fallback]).expect("cluster");
+    c.add_pod(0, "oa", PodNet::Overlay).expect("pod");
+    c.add_pod(1, "ob", PodNet::Overlay).expect("pod");
+    c.apply().expect("apply");
+    ping(&c.pod("oa").ns, c.pod("ob").ipv4.into()).expect("overlay");
+    let n2 = &c.nodes[1].ns;
+    let fdb = n2
+        .exec("bridge", &["fdb", "show", "dev", "rama.vxlan"])
+        .expect("fdb");
+    assert!(fdb.contains(&c.nodes[0].vtep_mac()), "{fdb}");
+    let neigh = n2
+        .ip(&["neigh", "show", "dev", "rama.vxlan"])
+        .expect("neigh");
+    assert!(neigh.contains(&c.pod("oa").ipv4.to_string()), "{neigh}");
+
+    // Node n1 leaves: n2's state no longer names it or its pods.
+    let mut state = c.node_state(1);
+    state["remoteNodes"] = serde_json::json!([]);
+    state["remoteEndpoints"] = serde_json::json!([]);
+    c.apply_node(1, &state, DatapathMode::Fallback)
+        .expect("apply");
+    let fdb = n2
+        .exec("bridge", &["fdb", "show", "dev", "rama.vxlan"])
+        .expect("fdb");
+    assert!(
+        !fdb.contains(&c.nodes[0].vtep_mac()),
+        "stale FDB entry: {fdb}"
+    );
+    let neigh = n2
+        .ip(&["neigh", "show", "dev", "rama.vxlan"])
+        .expect("neigh");
+    assert!(
+        !neigh.contains(&c.pod("oa").ipv4.to_string()),
+        "stale neighbour: {neigh}"
+    );
+}

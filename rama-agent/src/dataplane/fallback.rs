@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use super::{ApplyReport, Dataplane, host};
 use crate::{
     Error, Result, defaults,
-    net::{Link, Netlink, route_destination, sysctl},
+    net::{Link, NeighbourKey, NeighbourKind, Netlink, route_destination, sysctl},
     state::{Fabric, ValidState},
 };
 
@@ -184,6 +184,9 @@ impl Dataplane for FallbackDataplane {
                 Some(subnet.cidr),
                 table,
             ));
+            // Proxy NDP for our pods on this VLAN, and none for pods that left: a stale
+            // entry would answer for an address that now lives on another node.
+            let mut wanted_proxies = HashSet::new();
             for ep in &s.endpoints {
                 if let Some(IpAddr::V6(a)) = host::endpoint_routes(ep)
                     .map(|n| n.addr())
@@ -191,6 +194,15 @@ impl Dataplane for FallbackDataplane {
                 {
                     nl.replace_proxy_neighbour(link.index, IpAddr::V6(a))
                         .await?;
+                    wanted_proxies.insert(NeighbourKey::Ip(IpAddr::V6(a)));
+                }
+            }
+            for (key, msg) in nl
+                .neighbour_entries(link.index, NeighbourKind::Proxy)
+                .await?
+            {
+                if !wanted_proxies.contains(&key) {
+                    nl.delete_neighbour(msg).await?;
                 }
             }
         }
@@ -214,9 +226,16 @@ impl Dataplane for FallbackDataplane {
                 }
             }
             let mut wanted_neigh = HashSet::new();
+            let mut wanted_fdb = HashSet::new();
             for node in &s.remote_nodes {
                 nl.replace_fdb(vx.index, node.vtep_mac, node.vtep_ip)
                     .await?;
+                wanted_fdb.insert(NeighbourKey::Mac(node.vtep_mac));
+            }
+            for (key, msg) in nl.neighbour_entries(vx.index, NeighbourKind::Fdb).await? {
+                if !wanted_fdb.contains(&key) {
+                    nl.delete_neighbour(msg).await?;
+                }
             }
             for r in &s.remote_endpoints {
                 let (Some(node), Some(subnet)) =
@@ -225,7 +244,7 @@ impl Dataplane for FallbackDataplane {
                     continue;
                 };
                 nl.replace_neighbour(vx.index, r.ip, node.vtep_mac).await?;
-                wanted_neigh.insert(r.ip);
+                wanted_neigh.insert(NeighbourKey::Ip(r.ip));
                 if let Fabric::Underlay { .. } = subnet.fabric {
                     // Overlay pods reach remote underlay pods through the overlay.
                     let host = IpNet::from(r.ip);
@@ -234,8 +253,8 @@ impl Dataplane for FallbackDataplane {
                     wanted_routes.insert((defaults::TABLE_OVERLAY, host));
                 }
             }
-            for (ip, msg) in nl.neighbours(vx.index).await? {
-                if !wanted_neigh.contains(&ip) {
+            for (key, msg) in nl.neighbour_entries(vx.index, NeighbourKind::Ip).await? {
+                if !wanted_neigh.contains(&key) {
                     nl.delete_neighbour(msg).await?;
                 }
             }
