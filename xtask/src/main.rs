@@ -34,7 +34,7 @@ enum Task {
     Test,
     /// The datapath demo: a two-node cluster in network namespaces, every path tried.
     Demo,
-    /// Datapath benchmarks: per-program cost and pod-to-pod throughput/latency.
+    /// Benchmarks: datapath (per-program cost, pod-to-pod throughput/latency) and IPAM.
     Bench {
         /// Fewer repetitions (for a quick look; committed results use the default).
         #[arg(long)]
@@ -175,7 +175,8 @@ fn main() -> Result<()> {
             if quick {
                 cmd.arg("--quick");
             }
-            run(&mut cmd)
+            run(&mut cmd)?;
+            run(cargo().args(["bench", "-p", "rama-ipam"]).env("RAMA_BENCH_OUT", &out))
         }
     }
 }
