@@ -171,12 +171,14 @@ fn main() -> Result<()> {
                 root().join(out)
             };
             let mut cmd = Command::new(root().join("target/release/rama-bench"));
-            cmd.arg("--out").arg(out);
+            cmd.arg("--out").arg(&out);
             if quick {
                 cmd.arg("--quick");
             }
             run(&mut cmd)?;
-            run(cargo().args(["bench", "-p", "rama-ipam"]).env("RAMA_BENCH_OUT", &out))
+            run(cargo()
+                .args(["bench", "-p", "rama-ipam"])
+                .env("RAMA_BENCH_OUT", &out))
         }
     }
 }
