@@ -70,6 +70,25 @@ fn bpf_linker_ok() -> bool {
         .unwrap_or(false)
 }
 
+/// Installs `packages` that are missing (root), or names the command (not root).
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing packages; as root, run:\n  apt-get update && apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
 pub fn ensure() -> Result<()> {
     let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
     let mut todo: Vec<String> = Vec::new();

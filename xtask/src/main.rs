@@ -4,6 +4,7 @@
 //! missing (Debian packages, bpf-linker built against Debian's LLVM 22, rust-src for
 //! the nightly that builds the eBPF programs) and does nothing when all is there.
 mod bootstrap;
+mod kube;
 
 use std::{
     path::{Path, PathBuf},
@@ -34,6 +35,11 @@ enum Task {
     Test,
     /// The datapath demo: a two-node cluster in network namespaces, every path tried.
     Demo,
+    /// A real kube-apiserver for tests: `build` (once, cached), `up`, `down`.
+    KubeApiserver {
+        #[arg(value_parser = ["build", "up", "down"])]
+        action: String,
+    },
     /// Benchmarks: datapath (per-program cost, pod-to-pod throughput/latency) and IPAM.
     Bench {
         /// Fewer repetitions (for a quick look; committed results use the default).
@@ -53,9 +59,12 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command in the workspace root, echoing it; fails when it fails.
+/// Runs a command (in the workspace root unless it names a directory), echoing it;
+/// fails when it fails.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    cmd.current_dir(root());
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     eprintln!("+ {}", describe(cmd));
     let status = cmd
         .status()
@@ -162,6 +171,11 @@ fn main() -> Result<()> {
             run(cargo().args(["build", "--release", "--bins"]))?;
             run(&mut Command::new(root().join("target/release/rama-demo")))
         }
+        Task::KubeApiserver { action } => match action.as_str() {
+            "build" => kube::build().map(|p| println!("{}", p.display())),
+            "up" => kube::up().map(|_| ()),
+            _ => kube::down(),
+        },
         Task::Bench { quick, out } => {
             bootstrap::ensure()?;
             run(cargo().args(["build", "--release", "--bins"]))?;
