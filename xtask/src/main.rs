@@ -145,6 +145,9 @@ fn test() -> Result<()> {
     if std::env::var_os("CI").is_some() {
         test.arg("--no-fail-fast");
     }
+    // Show what passing tests printed too: a skipped cell or test says why, and the
+    // matrix lists each path it proved.
+    test.args(["--", "--show-output"]);
     run(&mut test)
 }
 
