@@ -24,7 +24,12 @@ use crate::{bootstrap, run};
 pub const VERSION: &str = "1.20.2";
 const ETCD_PORT: u16 = 22379;
 const API_PORT: u16 = 26443;
-const TOKEN: &str = "rama-test-admin";
+pub const TOKEN: &str = "rama-test-admin";
+
+/// Where `up` serves the API.
+pub fn server_url() -> String {
+    format!("https://127.0.0.1:{API_PORT}")
+}
 
 /// Packages the build and the test run need.
 pub const PACKAGES: &[&str] = &[

@@ -35,6 +35,8 @@ enum Task {
     Test,
     /// The datapath demo: a two-node cluster in network namespaces, every path tried.
     Demo,
+    /// Write the CRD YAML (deploy/crds/rama.yaml) from rama-api's types.
+    GenCrds,
     /// A real kube-apiserver for tests: `build` (once, cached), `up`, `down`.
     KubeApiserver {
         #[arg(value_parser = ["build", "up", "down"])]
@@ -148,7 +150,13 @@ fn test() -> Result<()> {
     // Show what passing tests printed too: a skipped cell or test says why, and the
     // matrix lists each path it proved.
     test.args(["--", "--show-output"]);
-    run(&mut test)
+    // The API tests run against a real kube-apiserver (built once, cached).
+    kube::up()?;
+    test.env("RAMA_TEST_APISERVER", kube::server_url())
+        .env("RAMA_TEST_TOKEN", kube::TOKEN);
+    let result = run(&mut test);
+    kube::down()?;
+    result
 }
 
 fn main() -> Result<()> {
@@ -173,6 +181,13 @@ fn main() -> Result<()> {
             bootstrap::ensure()?;
             run(cargo().args(["build", "--release", "--bins"]))?;
             run(&mut Command::new(root().join("target/release/rama-demo")))
+        }
+        Task::GenCrds => {
+            let path = root().join("deploy/crds/rama.yaml");
+            std::fs::create_dir_all(path.parent().context("deploy dir")?)?;
+            std::fs::write(&path, rama_api::crds_yaml()?)?;
+            println!("{}", path.display());
+            Ok(())
         }
         Task::KubeApiserver { action } => match action.as_str() {
             "build" => kube::build().map(|p| println!("{}", p.display())),
