@@ -18,6 +18,7 @@
 //! Kubernetes). A crash leaves either the old file or the new one, plus a temporary
 //! file the next writer removes.
 mod convert;
+pub mod kube_store;
 
 use std::{
     fs::{File, OpenOptions},
@@ -57,6 +58,14 @@ pub enum StoreError {
     Ipam(#[from] rama_ipam::IpamError),
     #[error("IPInstance {0} already exists: another writer allocated that address")]
     Conflict(String),
+    #[error("Kubernetes API: {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("gave up after {0} attempts: other writers kept taking the addresses chosen")]
+    TooManyConflicts(u32),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -319,14 +328,18 @@ impl StandaloneStore {
     }
 }
 
-fn phase(binding: &Binding) -> &'static str {
+pub(crate) fn phase(binding: &Binding) -> &'static str {
     match binding {
         Binding::Bound { .. } => "Bound",
         Binding::Retained => "Retained",
     }
 }
 
-fn instance_for(a: &rama_ipam::Allocation, subnet: &Subnet, req: &Request) -> IPInstance {
+pub(crate) fn instance_for(
+    a: &rama_ipam::Allocation,
+    subnet: &Subnet,
+    req: &Request,
+) -> IPInstance {
     let prefix = subnet
         .spec
         .range

@@ -151,9 +151,10 @@ fn test() -> Result<()> {
     // matrix lists each path it proved.
     test.args(["--", "--show-output"]);
     // The API tests run against a real kube-apiserver (built once, cached).
-    kube::up()?;
+    let kubeconfig = kube::up()?;
     test.env("RAMA_TEST_APISERVER", kube::server_url())
-        .env("RAMA_TEST_TOKEN", kube::TOKEN);
+        .env("RAMA_TEST_TOKEN", kube::TOKEN)
+        .env("RAMA_TEST_KUBECONFIG", kubeconfig);
     let result = run(&mut test);
     kube::down()?;
     result

@@ -1,0 +1,248 @@
+//! The Kubernetes store: the objects live in the API server, and creating an
+//! IPInstance (named after its address) *is* the allocation — the API server's name
+//! uniqueness makes a double allocation impossible even when two controllers race:
+//! the loser gets 409 Conflict, drops what it created in that attempt, re-reads and
+//! tries again. Subnet status is written with server-side apply under a named field
+//! manager.
+use std::net::IpAddr;
+
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use rama_api::{IPInstance, IPInstanceStatus, Network, Subnet, SubnetStatus, instance_name};
+use rama_ipam::{Binding, Ipam, PodKey, Request};
+
+use crate::{Result, StoreError, instance_for, ipam_from, phase};
+
+/// How often an allocation is retried after losing a race.
+const ATTEMPTS: u32 = 8;
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> StoreError {
+    let what = what.into();
+    move |source| StoreError::Kube { what, source }
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+pub struct KubeStore {
+    client: Client,
+    field_manager: String,
+}
+
+impl KubeStore {
+    pub fn new(client: Client, field_manager: impl Into<String>) -> Self {
+        Self {
+            client,
+            field_manager: field_manager.into(),
+        }
+    }
+
+    /// A store talking to the cluster a kubeconfig file names.
+    pub async fn from_kubeconfig(path: &std::path::Path, field_manager: &str) -> Result<Self> {
+        let kubeconfig = Kubeconfig::read_from(path).map_err(|e| StoreError::Parse {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        })?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| StoreError::Parse {
+                    path: path.to_owned(),
+                    detail: e.to_string(),
+                })?;
+        let client = Client::try_from(config).map_err(kube_err("building the client"))?;
+        Ok(Self::new(client, field_manager))
+    }
+
+    /// The whole state, as an IPAM, plus the IPInstances it came from.
+    async fn load(&self) -> Result<(Ipam, Vec<Subnet>, Vec<IPInstance>)> {
+        let lp = ListParams::default();
+        let networks = Api::<Network>::all(self.client.clone())
+            .list(&lp)
+            .await
+            .map_err(kube_err("listing Networks"))?
+            .items;
+        let subnets = Api::<Subnet>::all(self.client.clone())
+            .list(&lp)
+            .await
+            .map_err(kube_err("listing Subnets"))?
+            .items;
+        let instances = Api::<IPInstance>::all(self.client.clone())
+            .list(&lp)
+            .await
+            .map_err(kube_err("listing IPInstances"))?
+            .items;
+        let cursors = subnets
+            .iter()
+            .filter_map(|s| {
+                let ip = s
+                    .status
+                    .as_ref()?
+                    .last_allocated_ip
+                    .as_ref()?
+                    .parse()
+                    .ok()?;
+                Some((s.metadata.name.clone()?, ip))
+            })
+            .collect();
+        let ipam = ipam_from(&networks, &subnets, &instances, cursors)?;
+        Ok((ipam, subnets, instances))
+    }
+
+    fn instances(&self, namespace: &str) -> Api<IPInstance> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Allocates for a pod, retrying when another writer took a chosen address.
+    pub async fn allocate(&self, req: &Request) -> Result<Vec<IPInstance>> {
+        for _ in 0..ATTEMPTS {
+            let (mut ipam, subnets, existing) = self.load().await?;
+            let allocations = ipam.allocate(req)?;
+            let mut done: Vec<IPInstance> = Vec::new();
+            let mut created: Vec<(String, String)> = Vec::new();
+            let mut lost_race = false;
+            for a in &allocations {
+                let subnet = subnets
+                    .iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(a.subnet.as_str()))
+                    .ok_or_else(|| rama_ipam::IpamError::UnknownSubnet(a.subnet.clone()))?;
+                let instance = instance_for(a, subnet, req);
+                let name = instance_name(&a.ip);
+                let api = self.instances(&a.pod.namespace);
+                let was_retained = existing.iter().any(|i| {
+                    i.metadata.name.as_deref() == Some(name.as_str())
+                        && i.metadata.namespace.as_deref() == Some(a.pod.namespace.as_str())
+                });
+                if was_retained {
+                    // A StatefulSet pod coming back: re-bind the kept instance.
+                    let patch = serde_json::json!({"spec": {"binding": instance.spec.binding}});
+                    let updated = api
+                        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(kube_err(format!("re-binding IPInstance {name}")))?;
+                    self.set_phase(&api, &name, &a.binding).await?;
+                    done.push(updated);
+                    continue;
+                }
+                match api.create(&PostParams::default(), &instance).await {
+                    Ok(obj) => {
+                        created.push((a.pod.namespace.clone(), name.clone()));
+                        self.set_phase(&api, &name, &a.binding).await?;
+                        done.push(obj);
+                    }
+                    Err(e) if is_conflict(&e) => {
+                        lost_race = true;
+                        break;
+                    }
+                    Err(e) => return Err(kube_err(format!("creating IPInstance {name}"))(e)),
+                }
+            }
+            if lost_race {
+                // All or nothing: undo this attempt's creations, then re-read.
+                for (ns, name) in created {
+                    match self
+                        .instances(&ns)
+                        .delete(&name, &DeleteParams::default())
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => {
+                            return Err(kube_err(format!("rolling back IPInstance {name}"))(e));
+                        }
+                    }
+                }
+                continue;
+            }
+            self.write_status(
+                &ipam,
+                &allocations
+                    .iter()
+                    .map(|a| a.subnet.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .await?;
+            return Ok(done);
+        }
+        Err(StoreError::TooManyConflicts(ATTEMPTS))
+    }
+
+    async fn set_phase(&self, api: &Api<IPInstance>, name: &str, binding: &Binding) -> Result<()> {
+        let status = serde_json::json!({
+            "apiVersion": "networking.alibaba.com/v1",
+            "kind": "IPInstance",
+            "status": IPInstanceStatus { phase: Some(phase(binding).into()) },
+        });
+        api.patch_status(
+            name,
+            &PatchParams::apply(&self.field_manager).force(),
+            &Patch::Apply(&status),
+        )
+        .await
+        .map_err(kube_err(format!("status of IPInstance {name}")))?;
+        Ok(())
+    }
+
+    /// Releases a pod's addresses: deleted, or kept (Retained) for a StatefulSet pod.
+    pub async fn release(&self, pod: &PodKey) -> Result<Vec<IpAddr>> {
+        let (mut ipam, _, _) = self.load().await?;
+        let held: Vec<_> = ipam.of_pod(pod).into_iter().cloned().collect();
+        let freed = ipam.release(pod);
+        let api = self.instances(&pod.namespace);
+        for a in &held {
+            let name = instance_name(&a.ip);
+            if freed.contains(&a.ip) {
+                match api.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {}
+                    Err(e) => return Err(kube_err(format!("deleting IPInstance {name}"))(e)),
+                }
+            } else {
+                let patch = serde_json::json!({"spec": {"binding": {"nodeName": null}}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_err(format!("retaining IPInstance {name}")))?;
+                self.set_phase(&api, &name, &Binding::Retained).await?;
+            }
+        }
+        let subnets: Vec<String> = held.iter().map(|a| a.subnet.clone()).collect();
+        self.write_status(&ipam, &subnets).await?;
+        Ok(freed)
+    }
+
+    /// Subnet status through server-side apply: counts and the round-robin cursor.
+    async fn write_status(&self, ipam: &Ipam, subnets: &[String]) -> Result<()> {
+        let api = Api::<Subnet>::all(self.client.clone());
+        let mut seen = std::collections::HashSet::new();
+        for name in subnets.iter().filter(|n| seen.insert(n.as_str())) {
+            let Some(u) = ipam.usage(name) else { continue };
+            let status = SubnetStatus {
+                total: u64::try_from(u.total).unwrap_or(u64::MAX),
+                used: u64::try_from(u.used).unwrap_or(u64::MAX),
+                available: u64::try_from(u.available).unwrap_or(u64::MAX),
+                last_allocated_ip: u.last_allocated.map(|ip| ip.to_string()),
+            };
+            let body = serde_json::json!({
+                "apiVersion": "networking.alibaba.com/v1",
+                "kind": "Subnet",
+                "status": status,
+            });
+            api.patch_status(
+                name,
+                &PatchParams::apply(&self.field_manager).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+            .map_err(kube_err(format!("status of Subnet {name}")))?;
+        }
+        Ok(())
+    }
+}
