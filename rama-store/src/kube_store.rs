@@ -11,10 +11,10 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use rama_api::{IPInstance, IPInstanceStatus, Network, Subnet, SubnetStatus, instance_name};
+use rama_api::{IPInstance, IPInstanceStatus, Network, Subnet, instance_name};
 use rama_ipam::{Binding, Ipam, PodKey, Request};
 
-use crate::{Result, StoreError, instance_for, ipam_from, phase};
+use crate::{Result, StoreError, instance_in, ipam_from, phase, subnet_status};
 
 /// How often an allocation is retried after losing a race.
 const ATTEMPTS: u32 = 8;
@@ -110,11 +110,7 @@ impl KubeStore {
             let mut created: Vec<(String, String)> = Vec::new();
             let mut lost_race = false;
             for a in &allocations {
-                let subnet = subnets
-                    .iter()
-                    .find(|s| s.metadata.name.as_deref() == Some(a.subnet.as_str()))
-                    .ok_or_else(|| rama_ipam::IpamError::UnknownSubnet(a.subnet.clone()))?;
-                let instance = instance_for(a, subnet, req);
+                let instance = instance_in(&subnets, a, req)?;
                 let name = instance_name(&a.ip);
                 let api = self.instances(&a.pod.namespace);
                 let was_retained = existing.iter().any(|i| {
@@ -223,12 +219,8 @@ impl KubeStore {
         let api = Api::<Subnet>::all(self.client.clone());
         let mut seen = std::collections::HashSet::new();
         for name in subnets.iter().filter(|n| seen.insert(n.as_str())) {
-            let Some(u) = ipam.usage(name) else { continue };
-            let status = SubnetStatus {
-                total: u64::try_from(u.total).unwrap_or(u64::MAX),
-                used: u64::try_from(u.used).unwrap_or(u64::MAX),
-                available: u64::try_from(u.available).unwrap_or(u64::MAX),
-                last_allocated_ip: u.last_allocated.map(|ip| ip.to_string()),
+            let Some(status) = subnet_status(ipam, name) else {
+                continue;
             };
             let body = serde_json::json!({
                 "apiVersion": "networking.alibaba.com/v1",

@@ -217,11 +217,7 @@ impl StandaloneStore {
         let subnets: Vec<Subnet> = self.list("subnets")?;
         let mut out = Vec::new();
         for a in &allocations {
-            let subnet = subnets
-                .iter()
-                .find(|s| s.metadata.name.as_deref() == Some(a.subnet.as_str()))
-                .ok_or_else(|| rama_ipam::IpamError::UnknownSubnet(a.subnet.clone()))?;
-            let instance = instance_for(a, subnet, req);
+            let instance = instance_in(&subnets, a, req)?;
             let path = self.instance_path(&a.pod.namespace, &a.ip);
             let fresh = req.pod.as_ref().is_some_and(|p| &a.pod == p) && !path.exists();
             if fresh {
@@ -286,13 +282,7 @@ impl StandaloneStore {
     fn write_status(&self, ipam: &rama_ipam::Ipam, subnets: &[Subnet]) -> Result<()> {
         for s in subnets {
             let name = s.metadata.name.clone().unwrap_or_default();
-            if let Some(u) = ipam.usage(&name) {
-                let status = SubnetStatus {
-                    total: u64::try_from(u.total).unwrap_or(u64::MAX),
-                    used: u64::try_from(u.used).unwrap_or(u64::MAX),
-                    available: u64::try_from(u.available).unwrap_or(u64::MAX),
-                    last_allocated_ip: u.last_allocated.map(|ip| ip.to_string()),
-                };
+            if let Some(status) = subnet_status(ipam, &name) {
                 write_atomic(
                     &self.dir.join("status/subnets").join(format!("{name}.yaml")),
                     &status,
@@ -335,11 +325,31 @@ pub(crate) fn phase(binding: &Binding) -> &'static str {
     }
 }
 
-pub(crate) fn instance_for(
+/// The Subnet status the IPAM's counts make (total/used/available, the cursor).
+pub(crate) fn subnet_status(ipam: &rama_ipam::Ipam, subnet: &str) -> Option<SubnetStatus> {
+    let u = ipam.usage(subnet)?;
+    Some(SubnetStatus {
+        total: u64::try_from(u.total).unwrap_or(u64::MAX),
+        used: u64::try_from(u.used).unwrap_or(u64::MAX),
+        available: u64::try_from(u.available).unwrap_or(u64::MAX),
+        last_allocated_ip: u.last_allocated.map(|ip| ip.to_string()),
+    })
+}
+
+/// The IPInstance recording allocation `a`, from its Subnet among `subnets`.
+pub(crate) fn instance_in(
+    subnets: &[Subnet],
     a: &rama_ipam::Allocation,
-    subnet: &Subnet,
     req: &Request,
-) -> IPInstance {
+) -> Result<IPInstance> {
+    let subnet = subnets
+        .iter()
+        .find(|s| s.metadata.name.as_deref() == Some(a.subnet.as_str()))
+        .ok_or_else(|| rama_ipam::IpamError::UnknownSubnet(a.subnet.clone()))?;
+    Ok(instance_for(a, subnet, req))
+}
+
+fn instance_for(a: &rama_ipam::Allocation, subnet: &Subnet, req: &Request) -> IPInstance {
     let prefix = subnet
         .spec
         .range

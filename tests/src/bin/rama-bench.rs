@@ -291,34 +291,22 @@ fn program_costs(rounds: usize) -> Result<serde_json::Value> {
         // repetition would push one more tag).
         let p3 = mac(single_node::P3_MAC);
         let p4 = mac(single_node::P4_MAC);
+        let to_self = frames::udp(
+            p3,
+            p3,
+            None,
+            v4("10.100.0.30"),
+            v4("10.100.0.30"),
+            5000,
+            255,
+        );
         let warm = vec![
-            case(
-                "empty TC program",
-                "",
-                n.p3,
-                frames::udp(
-                    p3,
-                    p3,
-                    None,
-                    v4("10.100.0.30"),
-                    v4("10.100.0.30"),
-                    5000,
-                    255,
-                ),
-            ),
+            case("empty TC program", "", n.p3, to_self.clone()),
             case(
                 "pod egress: same node",
                 names::PROG_POD_EGRESS,
                 n.p3,
-                frames::udp(
-                    p3,
-                    p3,
-                    None,
-                    v4("10.100.0.30"),
-                    v4("10.100.0.30"),
-                    5000,
-                    255,
-                ),
+                to_self.clone(),
             ),
             case(
                 "pod egress: VXLAN",
