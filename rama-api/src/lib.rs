@@ -279,6 +279,44 @@ pub struct NodeInfoSpec {
     pub vtep_info: Option<VtepInfo>,
 }
 
+impl NetworkSpec {
+    /// An Overlay network with VNI `vni`.
+    pub fn overlay(vni: u32) -> Self {
+        Self {
+            network_type: NetworkType::Overlay,
+            mode: Some(NetworkMode::VXLAN),
+            net_id: Some(vni),
+            node_selector: BTreeMap::new(),
+        }
+    }
+}
+
+impl AddressRange {
+    /// The whole of `cidr`, nothing reserved or excluded.
+    pub fn new(version: IpVersion, cidr: impl Into<String>) -> Self {
+        Self {
+            version,
+            cidr: cidr.into(),
+            gateway: None,
+            start: None,
+            end: None,
+            reserved_ips: Vec::new(),
+            exclude_ips: Vec::new(),
+        }
+    }
+}
+
+impl SubnetSpec {
+    pub fn new(network: impl Into<String>, range: AddressRange) -> Self {
+        Self {
+            network: network.into(),
+            net_id: None,
+            range,
+            config: None,
+        }
+    }
+}
+
 /// The DNS-safe name of an IPInstance for `ip`: dots and colons become dashes
 /// (`10.0.0.5` → `10-0-0-5`, `fd00::5` → `fd00--5`), as the original did.
 pub fn instance_name(ip: &std::net::IpAddr) -> String {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, api::PostParams};
-use rama_api::{AddressRange, IpVersion, Network, NetworkSpec, NetworkType, Subnet, SubnetSpec};
+use rama_api::{AddressRange, IpVersion, Network, NetworkSpec, Subnet, SubnetSpec};
 use rama_ipam::{IpFamilies, PodKey, Request};
 use rama_store::kube_store::KubeStore;
 
@@ -30,35 +30,17 @@ async fn main() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let tag = std::process::id();
     let network = format!("bench-{tag}");
-    let net = Network::new(
-        &network,
-        NetworkSpec {
-            network_type: NetworkType::Overlay,
-            mode: None,
-            net_id: Some(1),
-            node_selector: Default::default(),
-        },
-    );
+    let net = Network::new(&network, NetworkSpec::overlay(1));
     Api::<Network>::all(client.clone())
         .create(&PostParams::default(), &net)
         .await
         .expect("network");
     let subnet = Subnet::new(
         &format!("bench-{tag}"),
-        SubnetSpec {
-            network: network.clone(),
-            net_id: None,
-            range: AddressRange {
-                version: IpVersion::V4,
-                cidr: "10.240.0.0/16".into(),
-                gateway: None,
-                start: None,
-                end: None,
-                reserved_ips: vec![],
-                exclude_ips: vec![],
-            },
-            config: None,
-        },
+        SubnetSpec::new(
+            network.clone(),
+            AddressRange::new(IpVersion::V4, "10.240.0.0/16"),
+        ),
     );
     Api::<Subnet>::all(client.clone())
         .create(&PostParams::default(), &subnet)

@@ -8,9 +8,7 @@ use kube::{
     Api,
     api::{ListParams, PostParams},
 };
-use rama_api::{
-    AddressRange, IPInstance, IpVersion, Network, NetworkSpec, NetworkType, Subnet, SubnetSpec,
-};
+use rama_api::{AddressRange, IPInstance, IpVersion, Network, NetworkSpec, Subnet, SubnetSpec};
 use rama_ipam::{IpFamilies, PodKey, Request};
 use rama_store::kube_store::KubeStore;
 
@@ -55,15 +53,7 @@ async fn setup(tag: &str, cidr: &str) -> (KubeStore, kube::Client, String) {
         }
     }
     let network = format!("overlay-{tag}");
-    let mut net = Network::new(
-        &network,
-        NetworkSpec {
-            network_type: NetworkType::Overlay,
-            mode: None,
-            net_id: Some(4096),
-            node_selector: Default::default(),
-        },
-    );
+    let mut net = Network::new(&network, NetworkSpec::overlay(4096));
     net.metadata.name = Some(network.clone());
     Api::<Network>::all(client.clone())
         .create(&PostParams::default(), &net)
@@ -71,20 +61,7 @@ async fn setup(tag: &str, cidr: &str) -> (KubeStore, kube::Client, String) {
         .expect("network");
     let subnet = Subnet::new(
         &format!("subnet-{tag}"),
-        SubnetSpec {
-            network: network.clone(),
-            net_id: None,
-            range: AddressRange {
-                version: IpVersion::V4,
-                cidr: cidr.into(),
-                gateway: None,
-                start: None,
-                end: None,
-                reserved_ips: vec![],
-                exclude_ips: vec![],
-            },
-            config: None,
-        },
+        SubnetSpec::new(network.clone(), AddressRange::new(IpVersion::V4, cidr)),
     );
     Api::<Subnet>::all(client.clone())
         .create(&PostParams::default(), &subnet)

@@ -2,7 +2,7 @@
 //! several processes on one directory.
 use std::{collections::HashSet, net::IpAddr, path::PathBuf};
 
-use rama_api::{AddressRange, IpVersion, Network, NetworkSpec, NetworkType, Subnet, SubnetSpec};
+use rama_api::{AddressRange, IpVersion, Network, NetworkSpec, Subnet, SubnetSpec};
 use rama_ipam::{IpFamilies, PodKey, Request};
 use rama_store::{StandaloneStore, StoreError};
 
@@ -25,32 +25,11 @@ impl Drop for TempDir {
 
 fn seeded(dir: &std::path::Path) -> StandaloneStore {
     let store = StandaloneStore::open(dir).expect("open");
-    let network = Network::new(
-        "overlay",
-        NetworkSpec {
-            network_type: NetworkType::Overlay,
-            mode: None,
-            net_id: Some(4096),
-            node_selector: Default::default(),
-        },
-    );
+    let network = Network::new("overlay", NetworkSpec::overlay(4096));
     store.put("networks", &network).expect("network");
     let subnet = Subnet::new(
         "overlay-v4",
-        SubnetSpec {
-            network: "overlay".into(),
-            net_id: None,
-            range: AddressRange {
-                version: IpVersion::V4,
-                cidr: "10.244.0.0/16".into(),
-                gateway: None,
-                start: None,
-                end: None,
-                reserved_ips: vec![],
-                exclude_ips: vec![],
-            },
-            config: None,
-        },
+        SubnetSpec::new("overlay", AddressRange::new(IpVersion::V4, "10.244.0.0/16")),
     );
     store.put("subnets", &subnet).expect("subnet");
     store
