@@ -211,7 +211,15 @@ fn main() -> Result<()> {
             run(&mut cmd)?;
             run(cargo()
                 .args(["bench", "-p", "rama-ipam"])
-                .env("RAMA_BENCH_OUT", &out))
+                .env("RAMA_BENCH_OUT", &out))?;
+            // The Kubernetes store against a real API server (built once, cached).
+            let kubeconfig = kube::up()?;
+            let result = run(cargo()
+                .args(["bench", "-p", "rama-store"])
+                .env("RAMA_BENCH_OUT", &out)
+                .env("RAMA_TEST_KUBECONFIG", kubeconfig));
+            kube::down()?;
+            result
         }
     }
 }
