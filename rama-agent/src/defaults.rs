@@ -28,15 +28,9 @@ pub const TABLE_UNDERLAY_BASE: u32 = 41000;
 
 /// The VXLAN device Rama owns on every node with overlay pods.
 pub const VXLAN_DEVICE: &str = "rama.vxlan";
-/// Host-side pod veths are named `rama` + a hash of the container id (IFNAMSIZ − 1).
-pub const HOST_VETH_PREFIX: &str = "rama";
 
 /// nftables table (family `inet`) Rama owns for masquerade.
 pub const NFT_TABLE: &str = "rama";
-
-/// VXLAN overhead subtracted from the uplink MTU for overlay pods (RFC 7348: outer
-/// Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8).
-pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// Default capacities of the eBPF maps (overridable at load time).
 pub const MAX_LOCAL_ENDPOINTS: u32 = 1024;

@@ -56,7 +56,6 @@ const ENOENT: i32 = libc::ENOENT;
 const EEXIST: i32 = libc::EEXIST;
 const ESRCH: i32 = libc::ESRCH;
 const ENODEV: i32 = libc::ENODEV;
-const EADDRNOTAVAIL: i32 = libc::EADDRNOTAVAIL;
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
     match e {
@@ -145,15 +144,6 @@ impl Netlink {
             out.push(Self::link_from(msg));
         }
         Ok(out)
-    }
-
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>> {
-        let mut req = self.handle.link().get().match_index(index).execute();
-        match req.try_next().await {
-            Ok(msg) => Ok(msg.map(Self::link_from)),
-            Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(None),
-            Err(e) => Err(Error::netlink(format!("looking up link #{index}"), e)),
-        }
     }
 
     /// The link called `name`; an error naming it when it does not exist.
@@ -511,30 +501,6 @@ impl Netlink {
             &[ENOENT, ESRCH],
         )
         .map_err(|e| Error::netlink("deleting a neighbour", e))
-    }
-
-    /// Removes an address from a link; absent is success.
-    pub async fn delete_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .set_address_filter(addr)
-            .set_prefix_length_filter(prefix)
-            .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink(format!("listing addresses of link #{index}"), e))?
-        {
-            ok_if(
-                self.handle.address().del(msg).execute().await,
-                &[EADDRNOTAVAIL],
-            )
-            .map_err(|e| Error::netlink(format!("deleting {addr} from link #{index}"), e))?;
-        }
-        Ok(())
     }
 }
 

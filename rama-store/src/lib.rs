@@ -106,10 +106,6 @@ impl StandaloneStore {
         Ok(Self { dir })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn lock(&self, exclusive: bool) -> Result<Lock> {
         let path = self.dir.join(".lock");
         let file = OpenOptions::new()

@@ -181,10 +181,6 @@ impl EbpfDataplane {
         &mut self.ebpf
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     fn netlink(&mut self) -> Result<Netlink> {
         if let Some(nl) = &self.nl {
             return Ok(nl.clone());
@@ -553,7 +549,7 @@ impl EbpfDataplane {
 
     /// Sends ARP/ND probes for underlay gateways whose MAC is unknown and waits briefly
     /// for `rama_uplink_in` to learn the answers into RAMA_NEIGH.
-    fn resolve_gateways(&mut self, state: &ValidState, links: &host::Links) -> Result<bool> {
+    async fn resolve_gateways(&mut self, state: &ValidState, links: &host::Links) -> Result<bool> {
         let mut probes = Vec::new();
         for subnet in &state.state.subnets {
             let (Fabric::Underlay { vlan }, Some(gw), None) =
@@ -600,7 +596,7 @@ impl EbpfDataplane {
             if missing.iter().all(|(vlan, gw, _)| known(*vlan, *gw)) {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(true)
     }
@@ -812,7 +808,7 @@ impl Dataplane for EbpfDataplane {
             wanted.insert(format!("{}@{}", names::PROG_POD_EGRESS, link.index));
         }
         // With rama_uplink_in attached, answers to gateway probes get learned.
-        if self.resolve_gateways(state, &links)? {
+        if self.resolve_gateways(state, &links).await? {
             gateway_notes = self.sync_maps(state, &links, vxlan)?;
         }
         report.notes.extend(gateway_notes);

@@ -22,7 +22,7 @@ use std::{fmt, path::PathBuf, str::FromStr};
 
 use serde::Serialize;
 
-use crate::{Result, defaults, state::ValidState};
+use crate::{Result, state::ValidState};
 
 /// Which datapath the operator asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
@@ -208,14 +208,5 @@ impl Dataplane for Backend {
             Backend::Fallback(b) => b.teardown().await,
             Backend::Fake(b) => b.teardown().await,
         }
-    }
-}
-
-/// The host-side MTU rule: overlay pods lose the VXLAN overhead.
-pub fn pod_mtu(uplink_mtu: u32, overlay: bool) -> u32 {
-    if overlay {
-        uplink_mtu.saturating_sub(defaults::VXLAN_OVERHEAD)
-    } else {
-        uplink_mtu
     }
 }
