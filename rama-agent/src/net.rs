@@ -326,19 +326,24 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Adds a Rama rule `[from src] lookup table` at `priority` unless present.
-    pub async fn ensure_rule(
-        &self,
-        v6: bool,
-        priority: u32,
-        src: Option<IpNet>,
-        table: u32,
-    ) -> Result<()> {
-        for rule in self.rama_rules().await? {
-            if rule_matches(&rule, v6, priority, src, table) {
-                return Ok(());
+    /// Adds each Rama rule that is not there yet (the rules are listed once).
+    pub async fn ensure_rules(&self, rules: &[RuleSpec]) -> Result<()> {
+        let present = self.rama_rules().await?;
+        for spec in rules {
+            if !present.iter().any(|r| spec.matches(r)) {
+                self.add_rule(spec).await?;
             }
         }
+        Ok(())
+    }
+
+    async fn add_rule(&self, spec: &RuleSpec) -> Result<()> {
+        let RuleSpec {
+            v6,
+            priority,
+            src,
+            table,
+        } = *spec;
         let req = self
             .handle
             .rule()
@@ -515,37 +520,43 @@ fn route_table(route: &RouteMessage) -> u32 {
         .unwrap_or(u32::from(route.header.table))
 }
 
-pub(crate) fn rule_matches(
-    rule: &RuleMessage,
-    v6: bool,
-    priority: u32,
-    src: Option<IpNet>,
-    table: u32,
-) -> bool {
-    let family = if v6 {
-        AddressFamily::Inet6
-    } else {
-        AddressFamily::Inet
-    };
-    if rule.header.family != family {
-        return false;
-    }
-    let mut prio = None;
-    let mut tbl = u32::from(rule.header.table);
-    let mut source = None;
-    for a in &rule.attributes {
-        match a {
-            RuleAttribute::Priority(p) => prio = Some(*p),
-            RuleAttribute::Table(t) => tbl = *t,
-            RuleAttribute::Source(s) => source = Some(*s),
-            _ => {}
+/// A Rama policy rule: `[from src] lookup table` at `priority`, for one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RuleSpec {
+    pub v6: bool,
+    pub priority: u32,
+    pub src: Option<IpNet>,
+    pub table: u32,
+}
+
+impl RuleSpec {
+    /// Whether the kernel's `rule` is this one.
+    pub fn matches(&self, rule: &RuleMessage) -> bool {
+        let family = if self.v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        if rule.header.family != family {
+            return false;
         }
+        let mut prio = None;
+        let mut tbl = u32::from(rule.header.table);
+        let mut source = None;
+        for a in &rule.attributes {
+            match a {
+                RuleAttribute::Priority(p) => prio = Some(*p),
+                RuleAttribute::Table(t) => tbl = *t,
+                RuleAttribute::Source(s) => source = Some(*s),
+                _ => {}
+            }
+        }
+        let src_ok = match self.src {
+            None => source.is_none() && rule.header.src_len == 0,
+            Some(net) => source == Some(net.network()) && rule.header.src_len == net.prefix_len(),
+        };
+        prio == Some(self.priority) && tbl == self.table && src_ok
     }
-    let src_ok = match src {
-        None => source.is_none() && rule.header.src_len == 0,
-        Some(net) => source == Some(net.network()) && rule.header.src_len == net.prefix_len(),
-    };
-    prio == Some(priority) && tbl == table && src_ok
 }
 
 /// Builds a Rama route message (protocol-marked, link scope unless via a gateway).

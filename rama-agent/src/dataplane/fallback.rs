@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use super::{ApplyReport, Dataplane, host};
 use crate::{
     Error, Result, defaults,
-    net::{Link, NeighbourKey, NeighbourKind, Netlink, route_destination, sysctl},
+    net::{Link, NeighbourKey, NeighbourKind, Netlink, RuleSpec, route_destination, sysctl},
     state::{Fabric, ValidState},
 };
 
@@ -146,15 +146,7 @@ impl Dataplane for FallbackDataplane {
         host::apply(&nl, state, &links).await?;
 
         let mut wanted_routes: HashSet<(u32, IpNet)> = HashSet::new();
-        let mut wanted_rules: HashSet<(bool, u32, Option<IpNet>, u32)> = HashSet::new();
-        for v6 in [false, true] {
-            wanted_rules.insert((
-                v6,
-                defaults::RULE_PRIORITY_LOCAL,
-                None,
-                defaults::TABLE_LOCAL,
-            ));
-        }
+        let mut wanted_rules: HashSet<RuleSpec> = host::local_rules().into_iter().collect();
 
         // Underlay: one table per subnet with local pods.
         for (subnet, link) in &vlan_links {
@@ -172,18 +164,18 @@ impl Dataplane for FallbackDataplane {
                 .await?;
             wanted_routes.insert((table, default));
             let v6 = subnet.cidr.addr().is_ipv6();
-            wanted_rules.insert((
+            wanted_rules.insert(RuleSpec {
                 v6,
-                defaults::RULE_PRIORITY_HYBRID,
-                Some(subnet.cidr),
-                defaults::TABLE_HYBRID,
-            ));
-            wanted_rules.insert((
+                priority: defaults::RULE_PRIORITY_HYBRID,
+                src: Some(subnet.cidr),
+                table: defaults::TABLE_HYBRID,
+            });
+            wanted_rules.insert(RuleSpec {
                 v6,
-                defaults::RULE_PRIORITY_UNDERLAY,
-                Some(subnet.cidr),
+                priority: defaults::RULE_PRIORITY_UNDERLAY,
+                src: Some(subnet.cidr),
                 table,
-            ));
+            });
             // Proxy NDP for our pods on this VLAN, and none for pods that left: a stale
             // entry would answer for an address that now lives on another node.
             let mut wanted_proxies = HashSet::new();
@@ -217,12 +209,12 @@ impl Dataplane for FallbackDataplane {
                         wanted_routes.insert((table, subnet.cidr));
                     }
                     let v6 = subnet.cidr.addr().is_ipv6();
-                    wanted_rules.insert((
+                    wanted_rules.insert(RuleSpec {
                         v6,
-                        defaults::RULE_PRIORITY_OVERLAY,
-                        Some(subnet.cidr),
-                        defaults::TABLE_OVERLAY,
-                    ));
+                        priority: defaults::RULE_PRIORITY_OVERLAY,
+                        src: Some(subnet.cidr),
+                        table: defaults::TABLE_OVERLAY,
+                    });
                 }
             }
             let mut wanted_neigh = HashSet::new();
@@ -261,9 +253,8 @@ impl Dataplane for FallbackDataplane {
         } else if let Some(existing) = nl.link(defaults::VXLAN_DEVICE).await? {
             nl.delete_link(existing.index).await?;
         }
-        for (v6, prio, src, table) in &wanted_rules {
-            nl.ensure_rule(*v6, *prio, *src, *table).await?;
-        }
+        let wanted_list: Vec<RuleSpec> = wanted_rules.iter().copied().collect();
+        nl.ensure_rules(&wanted_list).await?;
 
         // Garbage: Rama's routes and rules that the state no longer wants.
         let mut tables = vec![defaults::TABLE_OVERLAY, defaults::TABLE_HYBRID];
@@ -278,10 +269,7 @@ impl Dataplane for FallbackDataplane {
             }
         }
         for rule in nl.rama_rules().await? {
-            if !wanted_rules
-                .iter()
-                .any(|(v6, p, src, t)| rule_is(&rule, *v6, *p, *src, *t))
-            {
+            if !wanted_rules.iter().any(|spec| spec.matches(&rule)) {
                 nl.delete_rule(rule).await?;
             }
         }
@@ -330,15 +318,7 @@ pub async fn remove_policy_routing(nl: &Netlink, errors: &mut Vec<Error>, all: b
     match nl.rama_rules().await {
         Ok(rules) => {
             for r in rules {
-                let local = [false, true].iter().any(|v6| {
-                    rule_is(
-                        &r,
-                        *v6,
-                        defaults::RULE_PRIORITY_LOCAL,
-                        None,
-                        defaults::TABLE_LOCAL,
-                    )
-                });
+                let local = host::local_rules().iter().any(|spec| spec.matches(&r));
                 if (all || !local)
                     && let Err(e) = nl.delete_rule(r).await
                 {
@@ -361,16 +341,6 @@ pub async fn remove_policy_routing(nl: &Netlink, errors: &mut Vec<Error>, all: b
         }
         Err(e) => errors.push(e),
     }
-}
-
-fn rule_is(
-    rule: &netlink_packet_route::rule::RuleMessage,
-    v6: bool,
-    prio: u32,
-    src: Option<IpNet>,
-    table: u32,
-) -> bool {
-    crate::net::rule_matches(rule, v6, prio, src, table)
 }
 
 /// Deletes VLAN sub-interfaces this backend created for subnets that no longer have

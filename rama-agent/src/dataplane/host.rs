@@ -18,7 +18,7 @@ use rama_common::{GATEWAY_V4, GATEWAY_V6};
 
 use crate::{
     Error, Result, defaults,
-    net::{Link, Netlink, route_destination, sysctl},
+    net::{Link, Netlink, RuleSpec, route_destination, sysctl},
     state::{Fabric, LocalEndpoint, ValidState},
 };
 
@@ -81,21 +81,23 @@ pub async fn apply(nl: &Netlink, state: &ValidState, links: &Links) -> Result<()
             wanted.insert(dst);
         }
     }
-    for v6 in [false, true] {
-        nl.ensure_rule(
-            v6,
-            defaults::RULE_PRIORITY_LOCAL,
-            None,
-            defaults::TABLE_LOCAL,
-        )
-        .await?;
-    }
+    nl.ensure_rules(&local_rules()).await?;
     for route in nl.rama_routes(defaults::TABLE_LOCAL).await? {
         if !route_destination(&route).is_some_and(|d| wanted.contains(&d)) {
             nl.delete_route(route).await?;
         }
     }
     masquerade(state)
+}
+
+/// `lookup TABLE_LOCAL` first, for both families: local pods win over every policy.
+pub fn local_rules() -> [RuleSpec; 2] {
+    [false, true].map(|v6| RuleSpec {
+        v6,
+        priority: defaults::RULE_PRIORITY_LOCAL,
+        src: None,
+        table: defaults::TABLE_LOCAL,
+    })
 }
 
 /// Removes the shared host plumbing, collecting errors.
