@@ -253,38 +253,32 @@ impl EbpfDataplane {
         Ok(neigh.get(&key, 0).ok().map(|n| n.mac))
     }
 
-    /// What a local pod's traffic needs to know about the subnet of `ip`.
+    /// What a local pod's traffic needs to know about its subnet.
     fn pod_subnet(
         &mut self,
         state: &ValidState,
-        ip: IpAddr,
+        subnet: &Subnet,
         notes: &mut Vec<String>,
     ) -> Result<PodSubnet> {
-        let key = ip_key(ip);
-        let mut out = NO_SUBNET;
-        let Some(subnet) = state.subnet_of(ip).cloned() else {
-            return Ok(out); // validated: cannot happen
+        let network = ip_key(subnet.cidr.network());
+        let mut out = PodSubnet {
+            id: state.subnet_id(subnet),
+            prefix: network.addr,
+            prefix_len: network.prefix_bits(u32::from(subnet.cidr.prefix_len())),
+            ..NO_SUBNET
         };
-        out.id = state.subnet_id(&subnet);
-        out.prefix = ip_key(subnet.cidr.network()).addr;
-        out.prefix_len = key.prefix_bits(u32::from(subnet.cidr.prefix_len()));
         if let Fabric::Underlay { vlan } = subnet.fabric {
             out.vlan = vlan;
-            match self.gateway_mac(&subnet)? {
+            match self.gateway_mac(subnet)? {
                 Some(mac) => {
                     out.gateway_mac = mac;
                     out.flags |= flags::GATEWAY_MAC_KNOWN;
                 }
-                None => {
-                    let note = format!(
-                        "subnet {:?}: gateway {} MAC not resolved yet",
-                        subnet.name,
-                        subnet.gateway.map(|g| g.to_string()).unwrap_or_default()
-                    );
-                    if !notes.contains(&note) {
-                        notes.push(note);
-                    }
-                }
+                None => notes.push(format!(
+                    "subnet {:?}: gateway {} MAC not resolved yet",
+                    subnet.name,
+                    subnet.gateway.map(|g| g.to_string()).unwrap_or_default()
+                )),
             }
         }
         Ok(out)
@@ -323,6 +317,24 @@ impl EbpfDataplane {
             Fabric::Overlay { .. } => 0,
         };
 
+        // Each subnet with local pods, worked out once (the gateway MAC is a map read).
+        let mut pod_subnets: HashMap<String, PodSubnet> = HashMap::new();
+        for subnet in s
+            .subnets
+            .iter()
+            .filter(|sub| state.has_local_endpoints(sub))
+        {
+            let info = self.pod_subnet(state, subnet, &mut notes)?;
+            pod_subnets.insert(subnet.name.clone(), info);
+        }
+        let subnet_of = |ip: IpAddr| {
+            state
+                .subnet_of(ip)
+                .and_then(|sub| pod_subnets.get(&sub.name))
+                .copied()
+                .unwrap_or(NO_SUBNET)
+        };
+
         // Local pods: by host ifindex (with their subnets) and by address.
         let mut endpoints: HashMap<IpKey, Endpoint> = HashMap::new();
         let mut pods: HashMap<u32, LocalPod> = HashMap::new();
@@ -339,12 +351,12 @@ impl EbpfDataplane {
             if let Some(a) = ep.ipv4 {
                 pod.flags |= flags::HAS_V4;
                 pod.ipv4 = a.octets();
-                pod.subnet_v4 = self.pod_subnet(state, a.into(), &mut notes)?;
+                pod.subnet_v4 = subnet_of(a.into());
             }
             if let Some(a) = ep.ipv6 {
                 pod.flags |= flags::HAS_V6;
                 pod.ipv6 = a.octets();
-                pod.subnet_v6 = self.pod_subnet(state, a.into(), &mut notes)?;
+                pod.subnet_v6 = subnet_of(a.into());
             }
             for ip in host::endpoint_routes(ep).map(|n| n.addr()) {
                 let Some(subnet) = state.subnet_of(ip) else {
