@@ -4,7 +4,6 @@
 //! bench` starts the API server and sets it); prints a table and writes JSON.
 use std::time::Instant;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{Api, api::PostParams};
 use rama_api::{AddressRange, IpVersion, Network, NetworkSpec, Subnet, SubnetSpec};
 use rama_ipam::{IpFamilies, PodKey, Request};
@@ -16,18 +15,11 @@ async fn main() {
         eprintln!("SKIP: RAMA_TEST_KUBECONFIG unset; `cargo xtask bench` starts an API server");
         return;
     };
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&path).expect("kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in rama_api::crds() {
-        let _ = crds.create(&PostParams::default(), &crd).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let store = KubeStore::from_kubeconfig(&path, "rama-bench")
+        .await
+        .expect("store");
+    store.install_crds().await.expect("CRDs");
+    let client = store.client();
     let tag = std::process::id();
     let network = format!("bench-{tag}");
     let net = Network::new(&network, NetworkSpec::overlay(1));
@@ -46,9 +38,6 @@ async fn main() {
         .create(&PostParams::default(), &subnet)
         .await
         .expect("subnet");
-    let store = KubeStore::from_kubeconfig(&path, "rama-bench")
-        .await
-        .expect("store");
     let n = 200;
     let start = Instant::now();
     for i in 0..n {

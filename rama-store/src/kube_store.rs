@@ -6,6 +6,7 @@
 //! manager.
 use std::net::IpAddr;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -43,6 +44,49 @@ impl KubeStore {
             client,
             field_manager: field_manager.into(),
         }
+    }
+
+    /// The client the store talks through.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Creates Rama's CRDs where missing and waits until the API server serves them.
+    pub async fn install_crds(&self) -> Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        for crd in rama_api::crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            match crds.create(&PostParams::default(), &crd).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => {}
+                Err(e) => return Err(kube_err(format!("creating CRD {name}"))(e)),
+            }
+            let mut established = false;
+            for _ in 0..120 {
+                let got = crds
+                    .get(&name)
+                    .await
+                    .map_err(kube_err(format!("reading CRD {name}")))?;
+                established = got
+                    .status
+                    .and_then(|s| s.conditions)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            if !established {
+                return Err(StoreError::Invalid {
+                    object: format!("CRD {name}"),
+                    field: "status.conditions",
+                    detail: "not Established after 30 s".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A store talking to the cluster a kubeconfig file names.

@@ -1,9 +1,8 @@
 //! The Kubernetes store against a real kube-apiserver (started by `cargo xtask test`,
 //! which sets RAMA_TEST_KUBECONFIG): allocation creates IPInstances, two stores
 //! racing on one subnet never duplicate an address, StatefulSet addresses are kept.
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{collections::HashSet, path::PathBuf};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{
     Api,
     api::{ListParams, PostParams},
@@ -16,42 +15,15 @@ fn kubeconfig() -> Option<PathBuf> {
     std::env::var_os("RAMA_TEST_KUBECONFIG").map(PathBuf::from)
 }
 
-/// Installs the CRDs if missing and creates a Network with one /24 Subnet; returns
+/// Installs the CRDs where missing and creates a Network with one /24 Subnet; returns
 /// the store and the namespace the test uses (unique per test).
 async fn setup(tag: &str, cidr: &str) -> (KubeStore, kube::Client, String) {
     let path = kubeconfig().expect("checked by the caller");
     let store = KubeStore::from_kubeconfig(&path, "rama-test")
         .await
         .expect("store");
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&path).expect("kubeconfig"),
-        &Default::default(),
-    )
-    .await
-    .expect("config");
-    let client = kube::Client::try_from(config).expect("client");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in rama_api::crds() {
-        let name = crd.metadata.name.clone().expect("name");
-        match crds.create(&PostParams::default(), &crd).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("installing {name}: {e}"),
-        }
-        for _ in 0..60 {
-            let got = crds.get(&name).await.expect("get CRD");
-            let established = got
-                .status
-                .and_then(|s| s.conditions)
-                .into_iter()
-                .flatten()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
+    store.install_crds().await.expect("CRDs");
+    let client = store.client();
     let network = format!("overlay-{tag}");
     let mut net = Network::new(&network, NetworkSpec::overlay(4096));
     net.metadata.name = Some(network.clone());
