@@ -58,7 +58,7 @@ pub fn statefulset_ordinal(pod: &Pod) -> Option<u32> {
 }
 
 /// Whether `selector` selects a node with `labels` (every pair must match).
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 

@@ -321,13 +321,19 @@ pub(crate) fn phase(binding: &Binding) -> &'static str {
     }
 }
 
+/// A count as the Kubernetes API can hold it: its integers are int64, and a larger
+/// JSON number (a /64's 2^64 addresses) is read as a float and refused. Saturates.
+pub fn api_int(n: u128) -> u64 {
+    n.min(i64::MAX as u128) as u64
+}
+
 /// The Subnet status the IPAM's counts make (total/used/available, the cursor).
-pub(crate) fn subnet_status(ipam: &rama_ipam::Ipam, subnet: &str) -> Option<SubnetStatus> {
+pub fn subnet_status(ipam: &rama_ipam::Ipam, subnet: &str) -> Option<SubnetStatus> {
     let u = ipam.usage(subnet)?;
     Some(SubnetStatus {
-        total: u64::try_from(u.total).unwrap_or(u64::MAX),
-        used: u64::try_from(u.used).unwrap_or(u64::MAX),
-        available: u64::try_from(u.available).unwrap_or(u64::MAX),
+        total: api_int(u.total),
+        used: api_int(u.used),
+        available: api_int(u.available),
         last_allocated_ip: u.last_allocated.map(|ip| ip.to_string()),
     })
 }
