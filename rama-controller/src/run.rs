@@ -69,13 +69,15 @@ fn ticks(period: Duration) -> impl Stream<Item = ()> + Send + 'static {
     })
 }
 
+/// What a controller's stream yields per reconcile.
+type Reconciled<K, E> =
+    std::result::Result<(ObjectRef<K>, Action), controller::Error<E, watcher::Error>>;
+
 /// Logs what the loop's stream reports, but the reconciler's own failures (the error
 /// policy logged those already).
-fn log_result<K: Resource, E: std::fmt::Display, Q: std::error::Error>(
+fn log_result<K: Resource, E: std::fmt::Display>(
     loop_name: &'static str,
-) -> impl FnMut(
-    std::result::Result<(ObjectRef<K>, Action), controller::Error<E, Q>>,
-) -> futures::future::Ready<()> {
+) -> impl FnMut(Reconciled<K, E>) -> futures::future::Ready<()> {
     move |r| {
         match r {
             Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
