@@ -8,8 +8,11 @@
 //! - `POST /mutate` — Pods on create: a pod of an Underlay network gets the network's
 //!   `nodeSelector`; a pod that only says `network-type: Underlay` must land on a node
 //!   of some Underlay network (a required node affinity on
-//!   [`crate::UNDERLAY_NETWORK_LABEL`]). Fails open (`failurePolicy: Ignore`): a
-//!   controller outage must not stop every pod in the cluster from being created.
+//!   [`crate::UNDERLAY_NETWORK_LABEL`]). A `nodeSelector` that contradicts the
+//!   network's is refused; a network or subnet that does not exist (yet) is admitted
+//!   with a warning (the controller's Event follows) — manifests applied in any order
+//!   still converge. Fails open (`failurePolicy: Ignore`): a controller outage must
+//!   not stop every pod in the cluster from being created.
 //! - `GET /healthz`.
 //!
 //! On start the webhook configurations are applied with the CA that signs the serving
@@ -288,8 +291,13 @@ impl Handler {
             return response;
         }
         match self.pod_patch(req).await {
-            Ok(None) => response,
-            Ok(Some(ops)) => {
+            Ok(PodAdmission::Unchanged) => response,
+            Ok(PodAdmission::Warn(warning)) => {
+                let mut r = response;
+                r.warnings = Some(vec![warning]);
+                r
+            }
+            Ok(PodAdmission::Patch(ops)) => {
                 match serde_json::from_value::<json_patch::Patch>(serde_json::Value::Array(ops))
                     .map_err(|e| e.to_string())
                     .and_then(|p| response.clone().with_patch(p).map_err(|e| e.to_string()))
@@ -313,10 +321,7 @@ impl Handler {
     }
 
     /// The JSON patch operations that put an Underlay pod on its network's nodes.
-    async fn pod_patch(
-        &self,
-        req: &AdmissionRequest<DynamicObject>,
-    ) -> Result<Option<Vec<serde_json::Value>>> {
+    async fn pod_patch(&self, req: &AdmissionRequest<DynamicObject>) -> Result<PodAdmission> {
         let pod: Pod =
             typed(req.object.as_ref())?.ok_or_else(|| refused("object", "is missing"))?;
         let ns = req
@@ -344,32 +349,31 @@ impl Handler {
                 .map(str::trim)
                 .find(|s| !s.is_empty())
         {
-            let subnet = Api::<Subnet>::all(self.client.clone())
+            let Some(subnet) = Api::<Subnet>::all(self.client.clone())
                 .get_opt(first)
                 .await
                 .map_err(kube_err(format!("reading Subnet {first}")))?
-                .ok_or_else(|| {
-                    refused(
-                        format!("metadata.annotations[{}]", ann::SPECIFIED_SUBNET),
-                        format!("Subnet {first:?} does not exist"),
-                    )
-                })?;
+            else {
+                return Ok(PodAdmission::Warn(format!(
+                    "rama: Subnet {first:?} ({}) does not exist (yet): the pod gets no address until it does",
+                    ann::SPECIFIED_SUBNET
+                )));
+            };
             network = Some(subnet.spec.network);
         }
         let spec = pod.spec.clone().unwrap_or_default();
         if let Some(name) = network {
-            let net = Api::<Network>::all(self.client.clone())
+            let Some(net) = Api::<Network>::all(self.client.clone())
                 .get_opt(&name)
                 .await
                 .map_err(kube_err(format!("reading Network {name}")))?
-                .ok_or_else(|| {
-                    refused(
-                        format!("metadata.annotations[{}]", ann::SPECIFIED_NETWORK),
-                        format!("Network {name:?} does not exist"),
-                    )
-                })?;
+            else {
+                return Ok(PodAdmission::Warn(format!(
+                    "rama: Network {name:?} does not exist (yet): the pod gets no address until it does"
+                )));
+            };
             if net.spec.network_type != NetworkType::Underlay || net.spec.node_selector.is_empty() {
-                return Ok(None);
+                return Ok(PodAdmission::Unchanged);
             }
             let mut selector = spec.node_selector.clone().unwrap_or_default();
             for (k, v) in &net.spec.node_selector {
@@ -388,15 +392,15 @@ impl Handler {
                 }
             }
             if Some(&selector) == spec.node_selector.as_ref() {
-                return Ok(None);
+                return Ok(PodAdmission::Unchanged);
             }
-            return Ok(Some(vec![serde_json::json!({
+            return Ok(PodAdmission::Patch(vec![serde_json::json!({
                 "op": "add", "path": "/spec/nodeSelector", "value": selector,
             })]));
         }
         let underlay = get(ann::NETWORK_TYPE).is_some_and(|t| t.eq_ignore_ascii_case("underlay"));
         if !underlay {
-            return Ok(None);
+            return Ok(PodAdmission::Unchanged);
         }
         let expression = serde_json::json!({"key": UNDERLAY_NETWORK_LABEL, "operator": "Exists"});
         let mut affinity = serde_json::to_value(&spec.affinity).unwrap_or_default();
@@ -417,10 +421,19 @@ impl Handler {
                     serde_json::json!([{"matchExpressions": [expression]}]);
             }
         }
-        Ok(Some(vec![serde_json::json!({
+        Ok(PodAdmission::Patch(vec![serde_json::json!({
             "op": "add", "path": "/spec/affinity", "value": affinity,
         })]))
     }
+}
+
+/// What the mutating webhook does with a pod.
+enum PodAdmission {
+    Unchanged,
+    /// JSON patch operations.
+    Patch(Vec<serde_json::Value>),
+    /// Admitted unchanged, with a warning for the client (kubectl prints it).
+    Warn(String),
 }
 
 fn client_config(

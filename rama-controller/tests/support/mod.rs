@@ -169,6 +169,11 @@ impl Cluster {
         c
     }
 
+    /// The webhook configurations a test registers (removed by [`Self::cleanup`]).
+    pub fn webhook_config(&self) -> String {
+        format!("{}-webhook", self.ns)
+    }
+
     pub fn node_name(&self, n: &str) -> String {
         format!("{}-{n}", self.ns)
     }
@@ -352,6 +357,10 @@ impl Cluster {
     /// after the namespace, its nodes. (The namespace itself stays: there is no
     /// namespace controller to finish deleting it.)
     pub async fn cleanup(&self) {
+        // First: a webhook whose server is gone would refuse everything below.
+        rama_controller::webhook::unregister(&self.client, &self.webhook_config())
+            .await
+            .expect("unregister the webhook");
         let pods = self
             .pods()
             .list(&ListParams::default())
