@@ -17,6 +17,8 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod validate;
+
 pub const GROUP: &str = "networking.alibaba.com";
 
 /// Pod and namespace annotations.
@@ -277,6 +279,17 @@ pub struct VtepInfo {
 pub struct NodeInfoSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vtep_info: Option<VtepInfo>,
+    /// The node's uplink: other nodes send underlay frames for this node's pods
+    /// straight to its MAC (Rama's addition; absent in Hybridnet's NodeInfo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<UplinkInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UplinkInfo {
+    pub name: String,
+    pub mac: String,
 }
 
 impl NetworkSpec {

@@ -7,7 +7,9 @@
 //!   subnets, and the `networking.alibaba.com/underlay-network` node label.
 //! - [`leader`]: a `coordination.k8s.io/v1` Lease, so one replica acts at a time.
 //! - [`webhook`]: validating and mutating admission over TLS, served by every replica.
-//! - [`validate`]: the rules the validating webhook applies (pure functions).
+//!
+//! The validating webhook's rules are [`rama_api::validate`]'s, shared with the
+//! standalone agent.
 use std::time::Duration;
 
 pub mod certs;
@@ -15,7 +17,6 @@ pub mod leader;
 pub mod pods;
 pub mod request;
 pub mod status;
-pub mod validate;
 pub mod webhook;
 
 /// The label the controller puts on nodes of an Underlay network (value: its name).
@@ -55,6 +56,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let what = what.into();
     move |source| Error::Kube { what, source }
+}
+
+impl From<rama_api::validate::Refusal> for Error {
+    fn from(r: rama_api::validate::Refusal) -> Self {
+        Error::Refused {
+            field: r.field,
+            rule: r.rule,
+        }
+    }
 }
 
 pub(crate) fn refused(field: impl Into<String>, rule: impl Into<String>) -> Error {

@@ -2,7 +2,7 @@
 //! a leader):
 //!
 //! - `POST /validate` — Networks and Subnets on create, update and delete, by the
-//!   rules in [`crate::validate`], against the cluster as the API server has it now
+//!   rules in [`rama_api::validate`], against the cluster as the API server has it now
 //!   (live reads, not caches: two Subnets created at once are still refused if they
 //!   overlap, as long as they are not created in the same instant). Fails closed.
 //! - `POST /mutate` — Pods on create: a pod of an Underlay network gets the network's
@@ -46,7 +46,7 @@ use kube::{
     },
 };
 use log::{info, warn};
-use rama_api::{GROUP, IPInstance, Network, NetworkType, Subnet, annotations as ann};
+use rama_api::{GROUP, IPInstance, Network, NetworkType, Subnet, annotations as ann, validate};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -54,7 +54,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     Error, Result, UNDERLAY_NETWORK_LABEL,
     certs::{self, CertSource},
-    kube_err, refused, validate,
+    kube_err, refused,
 };
 
 /// Largest admission request body read (the API server's own limit is 3 MiB).
@@ -262,7 +262,7 @@ impl Handler {
                 let new: Network =
                     typed(req.object.as_ref())?.ok_or_else(|| refused("object", "is missing"))?;
                 let old: Option<Network> = typed(req.old_object.as_ref())?;
-                validate::network(&new, old.as_ref())
+                Ok(validate::network(&new, old.as_ref())?)
             }
             ("Subnet", Operation::Create | Operation::Update) => {
                 let new: Subnet =
@@ -270,16 +270,16 @@ impl Handler {
                 let old: Option<Subnet> = typed(req.old_object.as_ref())?;
                 let networks = self.list::<Network>("Networks").await?;
                 let subnets = self.list::<Subnet>("Subnets").await?;
-                validate::subnet(&new, old.as_ref(), &networks, &subnets)
+                Ok(validate::subnet(&new, old.as_ref(), &networks, &subnets)?)
             }
             ("Subnet", Operation::Delete) => {
                 let instances = self.list::<IPInstance>("IPInstances").await?;
-                validate::subnet_delete(&req.name, &instances)
+                Ok(validate::subnet_delete(&req.name, &instances)?)
             }
             ("Network", Operation::Delete) => {
                 let subnets = self.list::<Subnet>("Subnets").await?;
                 let instances = self.list::<IPInstance>("IPInstances").await?;
-                validate::network_delete(&req.name, &subnets, &instances)
+                Ok(validate::network_delete(&req.name, &subnets, &instances)?)
             }
             _ => Ok(()),
         }

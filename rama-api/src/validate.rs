@@ -1,5 +1,7 @@
-//! The rules the validating webhook applies to Networks and Subnets, beyond what the
-//! CRD's OpenAPI schema can say. Each refusal names the field and the rule.
+//! The rules Networks and Subnets must follow beyond what the CRD's OpenAPI schema can
+//! say. The controller's validating webhook applies them in a cluster; the agent
+//! applies the same rules to the YAML files of a standalone state directory. Each
+//! refusal names the field and the rule.
 //!
 //! | object | rule |
 //! |---|---|
@@ -16,9 +18,25 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use rama_api::{IPInstance, IpVersion, Network, NetworkMode, NetworkType, Subnet};
 
-use crate::{Result, refused};
+use crate::{IPInstance, IpVersion, Network, NetworkMode, NetworkType, Subnet};
+
+/// An object that breaks a rule: the field, and the rule in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct Refusal {
+    pub field: String,
+    pub rule: String,
+}
+
+pub type Result<T, E = Refusal> = std::result::Result<T, E>;
+
+fn refused(field: impl Into<String>, rule: impl Into<String>) -> Refusal {
+    Refusal {
+        field: field.into(),
+        rule: rule.into(),
+    }
+}
 
 pub const MAX_VLAN: u32 = 4094;
 pub const MAX_VNI: u32 = 16_777_215;
@@ -297,10 +315,8 @@ pub fn network_delete(name: &str, subnets: &[Subnet], instances: &[IPInstance]) 
 mod tests {
     use std::collections::BTreeMap;
 
-    use rama_api::{AddressRange, NetworkSpec, SubnetSpec};
-
     use super::*;
-    use crate::Error;
+    use crate::{AddressRange, NetworkSpec, SubnetSpec};
 
     fn underlay(name: &str, vlan: Option<u32>) -> Network {
         Network::new(
@@ -327,7 +343,7 @@ mod tests {
 
     fn field(r: Result<()>) -> String {
         match r {
-            Err(Error::Refused { field, .. }) => field,
+            Err(Refusal { field, .. }) => field,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
@@ -485,10 +501,10 @@ mod tests {
         let s = subnet_of("s", "o", "10.0.0.0/24", None);
         let used = IPInstance::new(
             "10-0-0-5",
-            rama_api::IPInstanceSpec {
+            crate::IPInstanceSpec {
                 network: "o".into(),
                 subnet: "s".into(),
-                address: rama_api::InstanceAddress {
+                address: crate::InstanceAddress {
                     version: IpVersion::V4,
                     ip: "10.0.0.5/24".into(),
                     gateway: None,
