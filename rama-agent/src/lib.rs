@@ -1,10 +1,22 @@
-//! Rama's node agent as a library: the desired node state, the `Dataplane` trait with
-//! its eBPF and policy-route backends, and the kernel plumbing both share. The
-//! `rama-agent` binary is a thin CLI over this.
+//! Rama's node agent as a library. The `rama-agent` binary is a thin CLI over this.
+//!
+//! - [`agent`]: the daemon — the sync loop that keeps the datapath equal to the
+//!   desired node state, and the CNI API the plugin calls;
+//! - [`cluster`]: where the cluster state comes from (standalone directory or the
+//!   Kubernetes API), [`desired`]: what the node should look like given it;
+//! - [`endpoints`]: this node's attachments, [`plumbing`]: their veth pairs;
+//! - [`dataplane`]: the `Dataplane` trait with its eBPF and policy-route backends,
+//!   [`state`]: the node state both render, [`net`]: the kernel plumbing they share.
 
+pub mod agent;
+pub mod cluster;
 pub mod dataplane;
 pub mod defaults;
+pub mod desired;
+pub mod endpoints;
+pub mod metrics;
 pub mod net;
+pub mod plumbing;
 pub mod state;
 
 use std::path::PathBuf;
@@ -55,6 +67,33 @@ pub enum Error {
     StateFile { path: PathBuf, detail: String },
     #[error("teardown left {0} error(s): {1}")]
     Teardown(usize, String),
+    #[error("network namespace {path}: {detail}")]
+    NetnsNotFound { path: PathBuf, detail: String },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error(transparent)]
+    Store(#[from] rama_store::StoreError),
+    #[error("Kubernetes API: {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("kubeconfig{}: {detail}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Kubeconfig {
+        path: Option<PathBuf>,
+        detail: String,
+    },
+    #[error("cluster state unavailable: {0}")]
+    ClusterUnavailable(String),
+    #[error("pod {0} does not exist")]
+    PodNotFound(String),
+    #[error("no addresses yet: {0}")]
+    NotAllocatedYet(String),
+    #[error("check failed: {0}")]
+    CheckFailed(String),
+    #[error("the datapath could not be updated: {0}")]
+    Sync(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -112,6 +151,48 @@ impl Error {
             Error::Nft { .. } => "nft",
             Error::StateFile { .. } => "state_file",
             Error::Teardown(..) => "teardown",
+            Error::NetnsNotFound { .. } => "netns_not_found",
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::Store(_) => "store",
+            Error::Kube { .. } => "kube",
+            Error::Kubeconfig { .. } => "kubeconfig",
+            Error::ClusterUnavailable(_) => "cluster_unavailable",
+            Error::PodNotFound(_) => "pod_not_found",
+            Error::NotAllocatedYet(_) => "not_allocated_yet",
+            Error::CheckFailed(_) => "check_failed",
+            Error::Sync(_) => "sync",
+        }
+    }
+
+    /// The CNI error code the plugin reports for this error (SPEC.md, "Error codes").
+    pub fn cni_code(&self) -> u32 {
+        use rama_cni::code;
+        use rama_ipam::IpamError;
+        match self {
+            Error::NetnsNotFound { .. } | Error::PodNotFound(_) => code::UNKNOWN_CONTAINER,
+            Error::InvalidRequest(_) | Error::InvalidState(_) => code::INVALID_CONFIG,
+            // A full subnet may have room again once pods go away.
+            Error::Store(rama_store::StoreError::Ipam(IpamError::Exhausted { .. })) => {
+                code::TRY_AGAIN_LATER
+            }
+            Error::Store(rama_store::StoreError::Io { .. }) | Error::Io { .. } => code::IO_FAILURE,
+            Error::Store(_) => code::INVALID_CONFIG,
+            Error::NotAllocatedYet(_) | Error::ClusterUnavailable(_) => code::TRY_AGAIN_LATER,
+            _ => code::AGENT_FAILURE,
+        }
+    }
+
+    /// The short CNI message for [`Error::cni_code`].
+    pub fn cni_msg(&self) -> &'static str {
+        match self {
+            Error::NetnsNotFound { .. } => "network namespace not found",
+            Error::PodNotFound(_) => "pod not found",
+            Error::Store(rama_store::StoreError::Ipam(_)) => "no address for the pod",
+            Error::Store(_) => "the cluster state cannot be used",
+            Error::NotAllocatedYet(_) => "no addresses yet",
+            Error::CheckFailed(_) => "check failed",
+            Error::InvalidRequest(_) => "invalid request",
+            _ => "rama-agent failed",
         }
     }
 }

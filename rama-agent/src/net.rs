@@ -205,6 +205,72 @@ impl Netlink {
         Ok(link)
     }
 
+    /// Creates a veth pair: `host` here, its peer `peer` directly in the network
+    /// namespace `netns_fd` (as `ip link add HOST type veth peer name PEER netns NS`
+    /// does), both with `mtu`. Creating the peer in place means no interface with a
+    /// temporary name is ever left behind in this namespace.
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        netns_fd: std::os::fd::RawFd,
+        mtu: u32,
+    ) -> Result<Link> {
+        use netlink_packet_route::link::{InfoData, InfoVeth};
+        let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_owned())
+            .mtu(mtu)
+            .setns_by_fd(netns_fd)
+            .build();
+        let msg = rtnetlink::LinkVeth::new(host, peer)
+            .mtu(mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("creating veth {host} (peer {peer})"), e))?;
+        self.require_link(host).await
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("setting MTU of link #{index}"), e))
+    }
+
+    /// The addresses of a link (both families).
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpNet>> {
+        use netlink_packet_route::address::AddressAttribute;
+        let mut out = Vec::new();
+        let mut stream = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink(format!("listing addresses of link #{index}"), e))?
+        {
+            let prefix = msg.header.prefix_len;
+            if let Some(ip) = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            }) && let Ok(net) = IpNet::new(ip, prefix)
+            {
+                out.push(net);
+            }
+        }
+        Ok(out)
+    }
+
     /// Adds `addr` to a link; an address already there is success.
     pub async fn ensure_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
         let mut req = self.handle.address().add(index, addr, prefix);

@@ -32,7 +32,7 @@ use super::{ApplyReport, Dataplane, DataplaneConfig, XdpPolicy, host};
 use crate::{
     Error, Result, defaults,
     net::Netlink,
-    state::{Fabric, Subnet, ValidState},
+    state::{Fabric, LocalEndpoint, Subnet, ValidState},
 };
 
 /// The subnet of an address family a pod does not have.
@@ -828,6 +828,71 @@ impl Dataplane for EbpfDataplane {
         Ok(report)
     }
 
+    async fn check_endpoint(&mut self, ep: &LocalEndpoint) -> Result<()> {
+        let nl = self.netlink()?;
+        let fail = |what: String| Err(Error::CheckFailed(what));
+        let Some(link) = nl.link(&ep.host_interface).await? else {
+            return fail(format!("interface {} is gone", ep.host_interface));
+        };
+        let pods: BpfHashMap<_, u32, LocalPod> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_EP_BY_IF)?)
+                .map_err(|e| Error::ebpf("opening RAMA_EP_BY_IF", e))?;
+        let Ok(pod) = pods.get(&link.index, 0) else {
+            return fail(format!(
+                "{} (#{}) has no entry in {}",
+                ep.host_interface,
+                link.index,
+                names::MAP_EP_BY_IF
+            ));
+        };
+        if pod.mac != ep.mac.0 {
+            return fail(format!(
+                "{} holds MAC {} for {}, not {}",
+                names::MAP_EP_BY_IF,
+                crate::state::MacAddr(pod.mac),
+                ep.host_interface,
+                ep.mac
+            ));
+        }
+        if ep
+            .ipv4
+            .is_some_and(|a| pod.flags & flags::HAS_V4 == 0 || pod.ipv4 != a.octets())
+            || ep
+                .ipv6
+                .is_some_and(|a| pod.flags & flags::HAS_V6 == 0 || pod.ipv6 != a.octets())
+        {
+            return fail(format!(
+                "{} holds other addresses for {}",
+                names::MAP_EP_BY_IF,
+                ep.host_interface
+            ));
+        }
+        let endpoints: BpfHashMap<_, IpKey, Endpoint> =
+            BpfHashMap::try_from(self.map_mut(names::MAP_ENDPOINTS)?)
+                .map_err(|e| Error::ebpf("opening RAMA_ENDPOINTS", e))?;
+        for ip in host::endpoint_routes(ep).map(|n| n.addr()) {
+            match endpoints.get(&ip_key(ip), 0) {
+                Ok(e) if e.flags & flags::LOCAL != 0 && e.ifindex == link.index => {}
+                _ => {
+                    return fail(format!(
+                        "{} does not deliver {ip} to {}",
+                        names::MAP_ENDPOINTS,
+                        ep.host_interface
+                    ));
+                }
+            }
+        }
+        let pin = format!("{}@{}", names::PROG_POD_EGRESS, link.index);
+        if !self.attached.contains(&pin) && !self.pin_dir.join("links").join(&pin).exists() {
+            return fail(format!(
+                "{} is not attached to {}",
+                names::PROG_POD_EGRESS,
+                ep.host_interface
+            ));
+        }
+        Ok(())
+    }
+
     async fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
         self.release_stale_links(&HashSet::new());
@@ -853,6 +918,46 @@ impl Dataplane for EbpfDataplane {
         }
         Error::collected(errors)
     }
+}
+
+/// How full one of the maps that grow with the cluster is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+fn count_entries<K: aya::Pod, V: aya::Pod>(pin_root: &Path, map: &'static str) -> Result<MapUsage> {
+    let path = versioned_pin_dir(pin_root).join("maps").join(map);
+    let data = MapData::from_pin(&path)
+        .map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+    let capacity = data
+        .info()
+        .map_err(|e| Error::ebpf(format!("reading {map}'s info"), e))?
+        .max_entries();
+    let typed: BpfHashMap<MapData, K, V> = Map::from_map_data(data)
+        .map_err(|e| Error::ebpf(map, e))
+        .and_then(|m| BpfHashMap::try_from(m).map_err(|e| Error::ebpf(map, e)))?;
+    // A key deleted while we iterate ends the walk early with an error entry; what
+    // was counted until then is still a consistent lower bound.
+    let entries = typed.keys().take_while(|k| k.is_ok()).count();
+    Ok(MapUsage {
+        map,
+        entries,
+        capacity,
+    })
+}
+
+/// Entries and capacity of the pinned maps whose size depends on the cluster (no
+/// programs need to be loaded).
+pub fn map_usage(pin_root: &Path) -> Result<Vec<MapUsage>> {
+    Ok(vec![
+        count_entries::<IpKey, Endpoint>(pin_root, names::MAP_ENDPOINTS)?,
+        count_entries::<u32, LocalPod>(pin_root, names::MAP_EP_BY_IF)?,
+        count_entries::<NeighKey, NeighEntry>(pin_root, names::MAP_NEIGH)?,
+        count_entries::<IpKey, u32>(pin_root, names::MAP_VTEPS)?,
+    ])
 }
 
 /// One counter, summed over CPUs.

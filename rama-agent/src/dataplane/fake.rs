@@ -1,7 +1,10 @@
 //! A recording dataplane for unit tests of code that drives a `Dataplane` (the agent
 //! loop, the CNI server): it remembers every state it was given and can be told to fail.
 use super::{ApplyReport, Dataplane};
-use crate::{Error, Result, state::ValidState};
+use crate::{
+    Error, Result,
+    state::{LocalEndpoint, ValidState},
+};
 
 #[derive(Default)]
 pub struct FakeDataplane {
@@ -33,6 +36,16 @@ impl Dataplane for FakeDataplane {
     async fn teardown(&mut self) -> Result<()> {
         self.teardowns += 1;
         Ok(())
+    }
+
+    async fn check_endpoint(&mut self, ep: &LocalEndpoint) -> Result<()> {
+        match self.applied.last() {
+            Some(s) if s.state.endpoints.contains(ep) => Ok(()),
+            _ => Err(Error::CheckFailed(format!(
+                "endpoint {:?} is not in the last state applied",
+                ep.name
+            ))),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use super::{ApplyReport, Dataplane, host};
 use crate::{
     Error, Result, defaults,
     net::{Link, NeighbourKey, NeighbourKind, Netlink, RuleSpec, route_destination, sysctl},
-    state::{Fabric, ValidState},
+    state::{Fabric, LocalEndpoint, ValidState},
 };
 
 /// IFLA_IFALIAS of the devices this backend creates.
@@ -282,6 +282,30 @@ impl Dataplane for FallbackDataplane {
             subnets: s.subnets.len(),
             notes: Vec::new(),
         })
+    }
+
+    async fn check_endpoint(&mut self, ep: &LocalEndpoint) -> Result<()> {
+        let nl = self.netlink()?;
+        let link = nl.link(&ep.host_interface).await?.ok_or_else(|| {
+            Error::CheckFailed(format!("interface {} is gone", ep.host_interface))
+        })?;
+        let routes = nl.rama_routes(defaults::TABLE_LOCAL).await?;
+        for dst in host::endpoint_routes(ep) {
+            let found = routes.iter().any(|r| {
+                route_destination(r) == Some(dst)
+                    && r.attributes.iter().any(|a| {
+                        matches!(a, netlink_packet_route::route::RouteAttribute::Oif(i) if *i == link.index)
+                    })
+            });
+            if !found {
+                return Err(Error::CheckFailed(format!(
+                    "no route {dst} via {} in table {}",
+                    ep.host_interface,
+                    defaults::TABLE_LOCAL
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn teardown(&mut self) -> Result<()> {

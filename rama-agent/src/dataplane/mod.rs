@@ -22,7 +22,10 @@ use std::{fmt, path::PathBuf, str::FromStr};
 
 use serde::Serialize;
 
-use crate::{Result, state::ValidState};
+use crate::{
+    Result,
+    state::{LocalEndpoint, ValidState},
+};
 
 /// Which datapath the operator asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize)]
@@ -112,6 +115,9 @@ pub trait Dataplane {
     async fn apply(&mut self, state: &ValidState) -> Result<ApplyReport>;
     /// Removes everything this backend created, collecting every error and carrying on.
     async fn teardown(&mut self) -> Result<()>;
+    /// Whether `ep` is programmed as the last apply asked (CNI CHECK): an
+    /// [`Error::CheckFailed`](crate::Error::CheckFailed) saying what is missing if not.
+    async fn check_endpoint(&mut self, ep: &LocalEndpoint) -> Result<()>;
 }
 
 /// Settings of the datapath backends.
@@ -207,6 +213,14 @@ impl Dataplane for Backend {
             Backend::Ebpf(b) => b.teardown().await,
             Backend::Fallback(b) => b.teardown().await,
             Backend::Fake(b) => b.teardown().await,
+        }
+    }
+
+    async fn check_endpoint(&mut self, ep: &LocalEndpoint) -> Result<()> {
+        match self {
+            Backend::Ebpf(b) => b.check_endpoint(ep).await,
+            Backend::Fallback(b) => b.check_endpoint(ep).await,
+            Backend::Fake(b) => b.check_endpoint(ep).await,
         }
     }
 }
