@@ -107,7 +107,9 @@ pub struct Cluster {
     pub ext: Netns,
     pub gw: Netns,
     pub sw: Netns,
-    scratch: PathBuf,
+    /// Agents started with [`Cluster::start_agent`], by node (see `agents.rs`).
+    pub agents: Vec<Option<crate::agents::AgentProcess>>,
+    pub scratch: PathBuf,
     pin_root: PathBuf,
 }
 
@@ -130,6 +132,7 @@ impl Cluster {
             ext,
             gw,
             sw,
+            agents: Vec::new(),
             scratch,
             pin_root,
         };
@@ -462,7 +465,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Pods and nodes go first (their fields drop after this), then the pins.
+        // Agents stop first (they hold sockets and pins), then pods and nodes (their
+        // fields drop after this), then the pins.
+        self.agents.clear();
         self.pods.clear();
         self.nodes.clear();
         let _ = std::fs::remove_dir_all(&self.pin_root);

@@ -24,6 +24,7 @@
 //! Names are prefixed with a per-test tag and the process id so tests run in parallel
 //! and never touch anything they did not create.
 
+pub mod agents;
 pub mod cluster;
 pub mod frames;
 pub mod matrix;
@@ -47,18 +48,28 @@ macro_rules! require_root {
     };
 }
 
-/// The agent binary built by cargo alongside the tests.
-pub fn agent_binary() -> std::path::PathBuf {
+/// A binary built by cargo alongside the tests (`cargo xtask test` builds them all).
+pub fn binary(name: &str) -> std::path::PathBuf {
     let mut dir = std::env::current_exe().expect("test binary path");
     dir.pop(); // deps/
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("rama-agent");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "{} is missing: build it first (`cargo build -p rama-agent`; `cargo xtask test` does)",
+        "{} is missing: build it first (`cargo build --bins`; `cargo xtask test` does)",
         bin.display()
     );
     bin
+}
+
+/// The agent binary.
+pub fn agent_binary() -> std::path::PathBuf {
+    binary("rama-agent")
+}
+
+/// The CNI plugin binary.
+pub fn cni_binary() -> std::path::PathBuf {
+    binary("rama-cni")
 }

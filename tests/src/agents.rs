@@ -1,0 +1,482 @@
+//! The full path: `rama-agent run` in each node namespace (standalone mode, one state
+//! directory shared by all), pods created by executing `rama-cni` with the CNI
+//! environment and a network configuration on stdin, exactly as a container runtime
+//! does.
+//!
+//! The cluster's Networks and Subnets ([`Cluster::write_cluster_state`]):
+//!
+//! | Network | fabric | Subnets |
+//! |---|---|---|
+//! | `vlan100` | Underlay, VLAN 100 | 10.100.0.0/24 (gw .1), fd00:100::/64 (gw ::1) |
+//! | `vlan200` | Underlay, VLAN 200 | 10.200.0.0/24, fd00:200::/64 |
+//! | `overlay` | Overlay, VNI 4096 | 10.244.0.0/24, fd00:244::/64 |
+//!
+//! Underlay networks select nodes labelled `rack=r1`; every test node has it.
+use std::{
+    io::Write as _,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use rama_cni::api::{Call, Reply, Request, Response};
+use serde_json::{Value, json};
+
+use crate::{
+    agent_binary,
+    cluster::{Cluster, OVERLAY_VNI, Pod, PodNet},
+    cni_binary,
+    netns::Netns,
+};
+
+/// The label every test node carries, which the Underlay networks select.
+pub const NODE_LABEL: &str = "rack=r1";
+
+/// A running `rama-agent run`; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub queue_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub metrics: SocketAddr,
+}
+
+impl AgentProcess {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the process to end; true if it did.
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> bool {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        // SAFETY: kill(2) on the child this harness started (by its PID).
+        unsafe { libc::kill(self.pid(), signal) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if !self.signal_and_wait(libc::SIGTERM, Duration::from_secs(10)) {
+            self.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// What one plugin execution printed.
+#[derive(Debug)]
+pub struct CniOutput {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The JSON on stdout (a result or an error object).
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(self.stdout.trim())
+            .with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
+    }
+
+    /// The spec error code, when the plugin failed.
+    pub fn error_code(&self) -> Option<u64> {
+        self.json().ok()?.get("code")?.as_u64()
+    }
+}
+
+fn network_of(net: PodNet) -> &'static str {
+    match net {
+        PodNet::Vlan100 => "vlan100",
+        PodNet::Vlan200 => "vlan200",
+        PodNet::Overlay => "overlay",
+        PodNet::Plain => "none",
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A Network's YAML, as an operator writes it.
+pub fn network_yaml(name: &str, kind: &str, net_id: u32) -> String {
+    let selector = if kind == "Underlay" {
+        let (k, v) = NODE_LABEL.split_once('=').expect("label");
+        format!("\n  nodeSelector: {{{k}: {v}}}")
+    } else {
+        String::new()
+    };
+    let mode = if kind == "Underlay" { "VLAN" } else { "VXLAN" };
+    format!(
+        "apiVersion: networking.alibaba.com/v1\nkind: Network\nmetadata:\n  name: {name}\n\
+         spec:\n  type: {kind}\n  mode: {mode}\n  netID: {net_id}{selector}\n"
+    )
+}
+
+/// A Subnet's YAML.
+pub fn subnet_yaml(name: &str, network: &str, cidr: &str, gateway: Option<&str>) -> String {
+    let version = if cidr.contains(':') { "6" } else { "4" };
+    let gw = gateway
+        .map(|g| format!("\n    gateway: {g}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: networking.alibaba.com/v1\nkind: Subnet\nmetadata:\n  name: {name}\n\
+         spec:\n  network: {network}\n  range:\n    version: \"{version}\"\n    cidr: {cidr}{gw}\n"
+    )
+}
+
+impl Cluster {
+    /// The shared standalone state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.scratch.join("state")
+    }
+
+    /// Writes the cluster's Networks and Subnets as YAML files.
+    pub fn write_cluster_state(&self) -> Result<()> {
+        let dir = self.state_dir();
+        for v in [100u16, 200] {
+            let net = format!("vlan{v}");
+            write(
+                &dir.join(format!("networks/{net}.yaml")),
+                &network_yaml(&net, "Underlay", u32::from(v)),
+            )?;
+            write(
+                &dir.join(format!("subnets/{net}-v4.yaml")),
+                &subnet_yaml(
+                    &format!("{net}-v4"),
+                    &net,
+                    &format!("10.{v}.0.0/24"),
+                    Some(&format!("10.{v}.0.1")),
+                ),
+            )?;
+            write(
+                &dir.join(format!("subnets/{net}-v6.yaml")),
+                &subnet_yaml(
+                    &format!("{net}-v6"),
+                    &net,
+                    &format!("fd00:{v}::/64"),
+                    Some(&format!("fd00:{v}::1")),
+                ),
+            )?;
+        }
+        write(
+            &dir.join("networks/overlay.yaml"),
+            &network_yaml("overlay", "Overlay", OVERLAY_VNI),
+        )?;
+        write(
+            &dir.join("subnets/overlay-v4.yaml"),
+            &subnet_yaml("overlay-v4", "overlay", "10.244.0.0/24", None),
+        )?;
+        write(
+            &dir.join("subnets/overlay-v6.yaml"),
+            &subnet_yaml("overlay-v6", "overlay", "fd00:244::/64", None),
+        )?;
+        Ok(())
+    }
+
+    fn agent_dir(&self, i: usize) -> PathBuf {
+        self.scratch.join(format!("agent-{}", self.nodes[i].name))
+    }
+
+    /// The agent's socket of node `i` (where a conflist for that node points).
+    pub fn socket_of(&self, i: usize) -> PathBuf {
+        self.agent_dir(i).join("run/cni.sock")
+    }
+
+    pub fn queue_dir_of(&self, i: usize) -> PathBuf {
+        self.agent_dir(i).join("cni-queue")
+    }
+
+    /// Starts `rama-agent run` in node `i` (its datapath mode as the node says), with
+    /// `extra` arguments, and waits until it reports ready.
+    pub fn start_agent(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        let dir = self.agent_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        let node = &self.nodes[i];
+        let log = dir.join("agent.log");
+        let metrics: SocketAddr = "127.0.0.1:9476".parse()?;
+        let mut args: Vec<String> = vec![
+            format!("--net={}", node.ns.path()),
+            agent_binary().display().to_string(),
+            "run".into(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--state-dir".into(),
+            self.state_dir().display().to_string(),
+            "--uplink".into(),
+            "up0".into(),
+            "--datapath".into(),
+            node.datapath.to_string(),
+            "--pin-dir".into(),
+            node.pin_dir.display().to_string(),
+            "--socket".into(),
+            self.socket_of(i).display().to_string(),
+            "--cni-queue-dir".into(),
+            self.queue_dir_of(i).display().to_string(),
+            "--data-dir".into(),
+            dir.join("data").display().to_string(),
+            "--metrics-addr".into(),
+            metrics.to_string(),
+            "--node-label".into(),
+            NODE_LABEL.into(),
+            "--xdp".into(),
+            self.xdp.into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let logfile = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new("nsenter")
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone()?)
+            .stderr(logfile)
+            .spawn()
+            .context("starting rama-agent")?;
+        while self.agents.len() <= i {
+            self.agents.push(None);
+        }
+        self.agents[i] = Some(AgentProcess {
+            child,
+            socket: self.socket_of(i),
+            queue_dir: self.queue_dir_of(i),
+            data_dir: dir.join("data"),
+            log,
+            metrics,
+        });
+        self.wait_agent_ready(i, Duration::from_secs(30))
+    }
+
+    /// Waits until the agent of node `i` answers STATUS with ready.
+    pub fn wait_agent_ready(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some(Some(agent)) = self.agents.get_mut(i)
+                && let Ok(Some(status)) = agent.child.try_wait()
+            {
+                bail!(
+                    "rama-agent on {} exited ({status}):\n{}",
+                    self.nodes[i].name,
+                    agent.log_text()
+                );
+            }
+            match rama_cni::client::call(
+                &self.socket_of(i),
+                &Request::new(Call::Status),
+                Duration::from_secs(5),
+            ) {
+                Ok(Response::Ok(Reply::Status(s))) if s.ready => return Ok(()),
+                Ok(other) => last = format!("{other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "rama-agent on {} not ready after {timeout:?}: {last}\n{}",
+            self.nodes[i].name,
+            self.agent_log(i)
+        )
+    }
+
+    /// The agent's log of node `i`.
+    pub fn agent_log(&self, i: usize) -> String {
+        self.agents
+            .get(i)
+            .and_then(|a| a.as_ref())
+            .map(|a| a.log_text())
+            .unwrap_or_default()
+    }
+
+    /// Stops node `i`'s agent with `signal` (SIGTERM: graceful; SIGKILL: a crash).
+    pub fn stop_agent(&mut self, i: usize, signal: i32) -> Result<()> {
+        let Some(mut agent) = self.agents.get_mut(i).and_then(Option::take) else {
+            bail!("node {i} runs no agent");
+        };
+        if !agent.signal_and_wait(signal, Duration::from_secs(10)) {
+            bail!("rama-agent on node {i} did not stop on signal {signal}");
+        }
+        // The log stays in the scratch directory; nothing to kill in drop.
+        std::mem::forget(agent);
+        Ok(())
+    }
+
+    /// The network configuration for node `i`'s plugin.
+    pub fn cni_conf(&self, i: usize, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "rama",
+            "type": "rama-cni",
+            "socket": self.socket_of(i),
+            "queueDir": self.queue_dir_of(i),
+        })
+    }
+
+    /// Executes `rama-cni` with a clean environment, as a runtime does.
+    pub fn run_cni(env: &[(&str, String)], stdin: &[u8]) -> Result<CniOutput> {
+        let mut child = Command::new(cni_binary())
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running rama-cni")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(stdin)
+            .context("writing the configuration")?;
+        let out = child.wait_with_output()?;
+        Ok(CniOutput {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// One plugin call for node `i`.
+    pub fn cni(
+        &self,
+        i: usize,
+        command: &str,
+        container: &str,
+        netns: Option<&str>,
+        args: &str,
+        conf: &Value,
+    ) -> Result<CniOutput> {
+        let mut env = vec![
+            ("CNI_COMMAND", command.to_owned()),
+            ("CNI_CONTAINERID", container.to_owned()),
+            ("CNI_IFNAME", "eth0".to_owned()),
+            ("CNI_PATH", "/opt/cni/bin".to_owned()),
+            ("CNI_ARGS", args.to_owned()),
+        ];
+        if let Some(ns) = netns {
+            env.push(("CNI_NETNS", ns.to_owned()));
+        }
+        let _ = i;
+        Self::run_cni(&env, conf.to_string().as_bytes())
+    }
+
+    /// Creates a dual-stack pod on node `i`'s Rama network `net` through the plugin,
+    /// as the pod `default/<name>`; its addresses are what the IPAM chose.
+    pub fn add_cni_pod(&mut self, i: usize, name: &str, net: PodNet) -> Result<usize> {
+        let ns = Netns::new(&format!("{}-{name}", self.tag))?;
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};RAMA_NETWORK={};\
+             RAMA_IP_FAMILY=DualStack",
+            network_of(net)
+        );
+        let out = self.cni(
+            i,
+            "ADD",
+            &format!("c-{name}"),
+            Some(&ns.path()),
+            &args,
+            &self.cni_conf(i, "1.0.0"),
+        )?;
+        if !out.success() {
+            bail!(
+                "CNI ADD of {name} on {} failed ({:?}): {}{}\nagent log:\n{}",
+                self.nodes[i].name,
+                out.code,
+                out.stdout,
+                out.stderr,
+                self.agent_log(i)
+            );
+        }
+        let result = out.json()?;
+        let pod = pod_from_result(name, i, net, ns, &result)?;
+        self.pods.push(pod);
+        Ok(self.pods.len() - 1)
+    }
+
+    /// Deletes a pod created by [`Cluster::add_cni_pod`] through the plugin.
+    pub fn del_cni_pod(&mut self, name: &str) -> Result<CniOutput> {
+        let idx = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        let node = self.pods[idx].node;
+        let netns = self.pods[idx].ns.path();
+        let out = self.cni(
+            node,
+            "DEL",
+            &format!("c-{name}"),
+            Some(&netns),
+            &format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+            &self.cni_conf(node, "1.0.0"),
+        )?;
+        self.pods.remove(idx);
+        Ok(out)
+    }
+}
+
+/// A [`Pod`] from an ADD result (interfaces: host side, then the pod's).
+pub fn pod_from_result(
+    name: &str,
+    node: usize,
+    net: PodNet,
+    ns: Netns,
+    result: &Value,
+) -> Result<Pod> {
+    let host_if = result["interfaces"][0]["name"]
+        .as_str()
+        .context("result has no host interface")?
+        .to_owned();
+    let mac = result["interfaces"][1]["mac"]
+        .as_str()
+        .context("result has no pod MAC")?
+        .to_owned();
+    let (mut ipv4, mut ipv6) = (None, None);
+    for ip in result["ips"].as_array().context("result has no ips")? {
+        let addr: ipnet::IpNet = ip["address"]
+            .as_str()
+            .context("ips[].address")?
+            .parse()
+            .context("ips[].address is not a CIDR")?;
+        match addr.addr() {
+            IpAddr::V4(a) => ipv4 = Some(a),
+            IpAddr::V6(a) => ipv6 = Some(a),
+        }
+    }
+    Ok(Pod {
+        name: name.to_owned(),
+        node,
+        net,
+        ns,
+        host_if,
+        mac,
+        ipv4: ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ipv6: ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED),
+    })
+}
