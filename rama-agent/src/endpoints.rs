@@ -105,6 +105,16 @@ impl EndpointStore {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        // Temporaries left by a write that died before its rename. Only here, when
+        // the agent starts: later, one may be a concurrent write in flight.
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| Error::io(format!("listing {}", dir.display()), e))?
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(Self { dir })
     }
 
@@ -183,12 +193,7 @@ impl EndpointStore {
         for entry in rd.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(".tmp-") {
-                // A write that died before its rename.
-                let _ = std::fs::remove_file(&path);
-                continue;
-            }
-            if !name.ends_with(".json") {
+            if name.starts_with('.') || !name.ends_with(".json") {
                 continue;
             }
             match std::fs::read(&path)

@@ -480,3 +480,88 @@ pub fn pod_from_result(
         ipv6: ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED),
     })
 }
+
+/// What Rama holds for a node: its pods' interfaces, attachment records, local
+/// datapath entries and the addresses allocated to it. Failed requests must leave
+/// this unchanged; a node without pods has it all empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holdings {
+    pub interfaces: Vec<String>,
+    pub records: usize,
+    pub local_routes: usize,
+    pub map_entries: Option<usize>,
+    pub allocations: Vec<String>,
+}
+
+impl Cluster {
+    /// Host-side pod interfaces (the agent's `rama` + 11 hex digits) on node `i`.
+    pub fn pod_interfaces(&self, i: usize) -> Vec<String> {
+        let text = self.nodes[i]
+            .ns
+            .ip(&["-o", "link", "show"])
+            .unwrap_or_default();
+        let mut names: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+            .filter(|n| n.len() == 15 && n.starts_with("rama"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The IPInstances of the standalone state bound to node `i`, as `ns/name`.
+    pub fn allocations(&self, i: usize) -> Vec<String> {
+        let node = &self.nodes[i].name;
+        let mut out = Vec::new();
+        let root = self.state_dir().join("ipinstances");
+        for ns in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                if text.contains(&format!("nodeName: {node}")) {
+                    out.push(format!(
+                        "{}/{}",
+                        ns.file_name().to_string_lossy(),
+                        f.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn holdings(&self, i: usize) -> Holdings {
+        let records = self
+            .agent_dir(i)
+            .join("data/endpoints")
+            .read_dir()
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                    .count()
+            })
+            .unwrap_or(0);
+        let local_routes = self.nodes[i]
+            .ns
+            .ip(&["route", "show", "table", "39999"])
+            .unwrap_or_default()
+            .lines()
+            .count()
+            + self.nodes[i]
+                .ns
+                .ip(&["-6", "route", "show", "table", "39999"])
+                .unwrap_or_default()
+                .lines()
+                .count();
+        let map_entries = (self.nodes[i].datapath == rama_agent::dataplane::DatapathMode::Ebpf)
+            .then(|| self.map_len(i, "RAMA_EP_BY_IF"));
+        Holdings {
+            interfaces: self.pod_interfaces(i),
+            records,
+            local_routes,
+            map_entries,
+            allocations: self.allocations(i),
+        }
+    }
+}
