@@ -49,6 +49,9 @@ fn run(env: &[(&'static str, String)], conf: &str) -> CniOutput {
     Cluster::run_cni(env, conf.as_bytes()).expect("plugin runs")
 }
 
+/// What to run, what it is fed, the code expected and a word the message must have.
+type Case<'a> = (&'a str, Vec<(&'static str, String)>, String, u64, &'a str);
+
 fn expect_error(out: &CniOutput, code: u64, needle: &str, what: &str) {
     assert!(!out.success(), "{what}: must fail, got {out:?}");
     let j = out.json().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -260,7 +263,7 @@ fn bad_input_gets_the_spec_code_and_leaves_nothing() {
         j[k] = v;
         j.to_string()
     };
-    let cases: Vec<(&str, Vec<(&'static str, String)>, String, u64, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             add(base),
