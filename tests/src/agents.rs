@@ -34,6 +34,45 @@ use crate::{
 /// The label every test node carries, which the Underlay networks select.
 pub const NODE_LABEL: &str = "rack=r1";
 
+/// PIDs of the agents this process started and has not stopped, for
+/// [`cleanup_after_signal`].
+static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// After SIGINT/SIGTERM (the demo's Ctrl-C), when no destructor will run: stops the
+/// agents this process started (by PID) and removes the network namespaces, pin and
+/// scratch directories whose names carry `tag` (a cluster's tag prefix).
+pub fn cleanup_after_signal(tag: &str) {
+    let pids: Vec<i32> = RUNNING.lock().map(|p| p.clone()).unwrap_or_default();
+    for pid in &pids {
+        // SAFETY: kill(2) on agents this process started.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for pid in &pids {
+        // SAFETY: as above; a process already gone ignores it.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let name = line.split_whitespace().next().unwrap_or("");
+            if name.starts_with(tag) {
+                let _ = Command::new("ip").args(["netns", "del", name]).output();
+            }
+        }
+    }
+    for root in ["/sys/fs/bpf".into(), std::env::temp_dir()] {
+        let root: PathBuf = root;
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("rama-test-{tag}"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// A running `rama-agent run`; stopped (SIGTERM, then SIGKILL) on drop.
 pub struct AgentProcess {
     pub child: Child,
@@ -78,6 +117,13 @@ impl Drop for AgentProcess {
             self.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
         }
         let _ = self.child.wait();
+        forget_pid(self.pid());
+    }
+}
+
+fn forget_pid(pid: i32) {
+    if let Ok(mut p) = RUNNING.lock() {
+        p.retain(|x| *x != pid);
     }
 }
 
@@ -251,14 +297,25 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new("nsenter")
-            .args(&args)
+        let mut cmd = Command::new("nsenter");
+        cmd.args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
-            .stderr(logfile)
-            .spawn()
-            .context("starting rama-agent")?;
+            .stderr(logfile);
+        // SAFETY: prctl(2) between fork and exec, async-signal-safe. An agent must
+        // not outlive a harness that died without cleaning up (SIGTERM then).
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("starting rama-agent")?;
+        if let Ok(mut p) = RUNNING.lock() {
+            p.push(child.id() as i32);
+        }
         while self.agents.len() <= i {
             self.agents.push(None);
         }
@@ -323,6 +380,7 @@ impl Cluster {
             bail!("rama-agent on node {i} did not stop on signal {signal}");
         }
         // The log stays in the scratch directory; nothing to kill in drop.
+        forget_pid(agent.pid());
         std::mem::forget(agent);
         Ok(())
     }

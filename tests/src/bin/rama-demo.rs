@@ -1,49 +1,80 @@
-//! The datapath demo: builds a two-node cluster of network namespaces (switch, router
-//! terminating VLANs 100 and 200, an external host), puts underlay and overlay pods on
-//! it, applies Rama's datapath with the real agent and tries every path, in eBPF mode
-//! and in mixed eBPF + fallback mode. Everything it creates is removed when it ends.
-use std::process::ExitCode;
+//! The demo: Rama as a person runs it on one machine. A two-node cluster of network
+//! namespaces (a switch, a router terminating VLANs 100 and 200, an external host),
+//! Networks and Subnets written as YAML into a standalone state directory (one VLAN
+//! underlay per VLAN, one VXLAN overlay), `rama-agent run` on each node, pods created
+//! by executing `rama-cni` exactly as a container runtime does — then every path
+//! tried with ping and TCP, over IPv4 and IPv6, in eBPF mode and in mixed eBPF +
+//! fallback mode. Everything it creates is removed when it ends, also on Ctrl-C.
+use std::{process::ExitCode, time::Instant};
 
 use rama_agent::dataplane::DatapathMode;
+use rama_cni::api::{Call, Reply, Request, Response};
 use rama_tests::{
-    cluster::Cluster,
-    matrix::{FULL_PODS, MIXED_PODS, MIXED_SKIP, full_cells, mixed_cells, run_matrix},
+    agents::cleanup_after_signal,
+    cluster::{Cluster, PodNet},
+    matrix::{Cell, FULL_PODS, MIXED_PODS, MIXED_SKIP, full_cells, mixed_cells, run_matrix},
 };
+
+const TAG: &str = "demo";
+
+fn network(net: PodNet) -> &'static str {
+    match net {
+        PodNet::Vlan100 => "vlan100 (VLAN 100)",
+        PodNet::Vlan200 => "vlan200 (VLAN 200)",
+        PodNet::Overlay => "overlay (VNI 4096)",
+        PodNet::Plain => "-",
+    }
+}
 
 fn round(
     title: &str,
     modes: &[DatapathMode],
-    pods: &[(usize, &str, rama_tests::cluster::PodNet)],
-    cells: &[rama_tests::matrix::Cell],
-) -> anyhow::Result<usize> {
+    pods: &[(usize, &str, PodNet)],
+    cells: &[Cell],
+) -> anyhow::Result<(usize, usize)> {
     println!("\n=== {title} ===");
-    let mut c = Cluster::new("demo", modes)?;
+    let mut c = Cluster::new(TAG, modes)?;
+    c.write_cluster_state()?;
+    println!(
+        "state directory {} (Networks vlan100, vlan200, overlay; six Subnets)",
+        c.state_dir().display()
+    );
+    for i in 0..modes.len() {
+        c.start_agent(i, &[])?;
+        let datapath = match rama_cni::client::call(
+            &c.socket_of(i),
+            &Request::new(Call::Status),
+            std::time::Duration::from_secs(5),
+        ) {
+            Ok(Response::Ok(Reply::Status(s))) => s.datapath,
+            other => format!("unknown ({other:?})"),
+        };
+        println!(
+            "agent on {}: datapath {datapath}, socket {}",
+            c.nodes[i].name,
+            c.socket_of(i).display()
+        );
+    }
     for (node, name, net) in pods {
-        let idx = c.add_pod(*node, name, *net)?;
+        let started = Instant::now();
+        let idx = c.add_cni_pod(*node, name, *net)?;
         let p = &c.pods[idx];
         println!(
-            "pod {:<3} on n{}  {:<8?} {:<12} {}",
+            "rama-cni ADD {:<3} on n{}  {:<19} {:<12} {:<14} ({} ms)",
             p.name,
             node + 1,
-            p.net,
+            network(*net),
             p.ipv4,
-            p.ipv6
+            p.ipv6,
+            started.elapsed().as_millis()
         );
     }
-    for (i, out) in c.apply()?.iter().enumerate() {
-        let v: serde_json::Value = serde_json::from_str(out.trim())?;
-        println!(
-            "n{}: datapath {} ({} endpoints, {} remote)",
-            i + 1,
-            v["mode"]["active"],
-            v["report"]["endpoints"],
-            v["report"]["remote_endpoints"]
-        );
-    }
+    c.gw.ip(&["neigh", "flush", "all"])?;
+    println!();
     let failures = run_matrix(&c, cells);
-    println!("\ncounters (eBPF nodes):");
+    println!("\ndatapath counters (eBPF nodes, packets):");
     print!("{}", c.describe());
-    Ok(failures.len())
+    Ok((failures.len(), cells.len() * 2))
 }
 
 fn main() -> ExitCode {
@@ -52,6 +83,31 @@ fn main() -> ExitCode {
         eprintln!("rama-demo needs root (network namespaces, BPF)");
         return ExitCode::FAILURE;
     }
+    // Ctrl-C / SIGTERM: no destructor runs after a signal, so a thread of its own
+    // waits for one and removes everything this run created (names carry the tag).
+    let prefix = format!("{TAG}{}", std::process::id() % 100_000);
+    // SAFETY: signal masks set before any other thread exists, then sigwait(3) on a
+    // dedicated thread: the portable way to handle signals synchronously.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let waiter = set;
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&waiter, &mut sig);
+            eprintln!("\ninterrupted: removing what the demo created");
+            cleanup_after_signal(&prefix);
+            std::process::exit(130);
+        });
+    }
+    let started = Instant::now();
+    println!(
+        "Rama demo: two nodes, rama-agent in standalone mode on each, pods created by \
+         executing rama-cni as a runtime does."
+    );
     let rounds = [
         round(
             "eBPF datapath on both nodes",
@@ -69,21 +125,25 @@ fn main() -> ExitCode {
             )
         },
     ];
-    let mut failed = 0;
+    let (mut failed, mut total) = (0, 0);
     for r in rounds {
         match r {
-            Ok(n) => failed += n,
+            Ok((f, t)) => {
+                failed += f;
+                total += t;
+            }
             Err(e) => {
                 eprintln!("demo failed: {e:#}");
                 return ExitCode::FAILURE;
             }
         }
     }
+    let took = started.elapsed().as_secs_f64();
     if failed == 0 {
-        println!("\nall paths work");
+        println!("\nall {total} paths work ({took:.1} s); everything the demo created is removed");
         ExitCode::SUCCESS
     } else {
-        println!("\n{failed} path(s) failed");
+        println!("\n{failed} of {total} path(s) failed ({took:.1} s)");
         ExitCode::FAILURE
     }
 }
