@@ -168,11 +168,13 @@ impl CniArgs {
                     "CNI_ARGS has K8S_POD_NAMESPACE but no K8S_POD_NAME",
                 ));
             }
-            (None, Some(_)) => {
-                return Err(invalid_env(
-                    "CNI_ARGS has K8S_POD_NAME but no K8S_POD_NAMESPACE",
-                ));
-            }
+            // podman (CNI backend) names the container this way and passes no
+            // namespace: such a pod lives in `default`, as bare runtimes' pods do.
+            (None, Some(name)) => Some(PodRef {
+                namespace: "default".into(),
+                name,
+                uid,
+            }),
         };
         Ok(out)
     }
@@ -202,11 +204,21 @@ mod tests {
     }
 
     #[test]
+    fn podman_names_the_container_without_a_namespace() {
+        // What podman 4's CNI backend passes.
+        let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web").expect("args");
+        let pod = a.pod.expect("pod");
+        assert_eq!(
+            (pod.namespace.as_str(), pod.name.as_str()),
+            ("default", "web")
+        );
+    }
+
+    #[test]
     fn refusals_name_the_key() {
         for (raw, code, needle) in [
             ("FOO=bar", 2, "FOO"),
             ("IgnoreUnknown=0;FOO=bar", 2, "FOO"),
-            ("K8S_POD_NAME=x", 4, "K8S_POD_NAMESPACE"),
             ("K8S_POD_NAMESPACE=ns", 4, "K8S_POD_NAME"),
             (
                 "K8S_POD_NAMESPACE=../etc;K8S_POD_NAME=x",

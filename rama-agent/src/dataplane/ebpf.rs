@@ -92,6 +92,7 @@ pub struct EbpfDataplane {
     attached: HashSet<String>,
     nl: Option<Netlink>,
     xdp: XdpPolicy,
+    masquerade: host::MasqueradeCache,
 }
 
 impl EbpfDataplane {
@@ -173,6 +174,7 @@ impl EbpfDataplane {
             attached: HashSet::new(),
             nl: None,
             xdp: config.xdp,
+            masquerade: host::MasqueradeCache::default(),
         })
     }
 
@@ -774,7 +776,7 @@ impl Dataplane for EbpfDataplane {
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
         }
-        host::apply(&nl, state, &links).await?;
+        host::apply(&nl, state, &links, &mut self.masquerade).await?;
         let vxlan = self.ensure_vxlan(state, links.uplink.index).await?;
         let mut report = ApplyReport {
             endpoints: state.state.endpoints.len(),
@@ -899,6 +901,7 @@ impl Dataplane for EbpfDataplane {
         match self.netlink() {
             Ok(nl) => {
                 host::teardown(&nl, &mut errors).await;
+                self.masquerade.clear();
                 match nl.link(defaults::VXLAN_DEVICE).await {
                     Ok(Some(link)) => {
                         if let Err(e) = nl.delete_link(link.index).await {

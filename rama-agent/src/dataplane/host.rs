@@ -11,6 +11,7 @@ use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
@@ -62,8 +63,47 @@ pub fn endpoint_routes(ep: &LocalEndpoint) -> impl Iterator<Item = IpNet> + '_ {
         .chain(ep.ipv6.map(|a| IpNet::from(IpAddr::V6(a))))
 }
 
+/// The masquerade ruleset last handed to nft and when. Starting nft costs about
+/// 20 ms — most of a CNI ADD when every sync ran it — so a sync whose ruleset is
+/// unchanged skips it. An unchanged ruleset is still re-applied once it is older
+/// than [`MASQUERADE_REFRESH`], so a table flushed by someone else comes back at the
+/// next periodic resync (level-triggered, like everything else).
+#[derive(Debug, Default)]
+pub struct MasqueradeCache {
+    last: Option<(String, Instant)>,
+}
+
+/// Shorter than the agent's default resync period (30 s).
+pub const MASQUERADE_REFRESH: Duration = Duration::from_secs(10);
+
+impl MasqueradeCache {
+    fn apply(&mut self, state: &ValidState) -> Result<()> {
+        let ruleset = masquerade_ruleset(state);
+        if let Some((last, at)) = &self.last
+            && *last == ruleset
+            && at.elapsed() < MASQUERADE_REFRESH
+        {
+            return Ok(());
+        }
+        self.last = None;
+        run_nft(&ruleset)?;
+        self.last = Some((ruleset, Instant::now()));
+        Ok(())
+    }
+
+    /// Forgets the ruleset (after a teardown removed the table).
+    pub fn clear(&mut self) {
+        self.last = None;
+    }
+}
+
 /// Converges the shared host plumbing on `state`.
-pub async fn apply(nl: &Netlink, state: &ValidState, links: &Links) -> Result<()> {
+pub async fn apply(
+    nl: &Netlink,
+    state: &ValidState,
+    links: &Links,
+    masquerade: &mut MasqueradeCache,
+) -> Result<()> {
     // A node forwards for its pods (RFC 1812 router behaviour, both families).
     sysctl("net/ipv4/ip_forward", "1")?;
     sysctl("net/ipv6/conf/all/forwarding", "1")?;
@@ -87,7 +127,7 @@ pub async fn apply(nl: &Netlink, state: &ValidState, links: &Links) -> Result<()
             nl.delete_route(route).await?;
         }
     }
-    masquerade(state)
+    masquerade.apply(state)
 }
 
 /// `lookup TABLE_LOCAL` first, for both families: local pods win over every policy.
@@ -172,10 +212,6 @@ pub fn masquerade_ruleset(state: &ValidState) -> String {
          ip6 saddr @overlay6 ip6 daddr != @cluster6 masquerade\n  }\n}\n",
     );
     out
-}
-
-fn masquerade(state: &ValidState) -> Result<()> {
-    run_nft(&masquerade_ruleset(state))
 }
 
 /// Applies a ruleset in one nft transaction (all or nothing).
