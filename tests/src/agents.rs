@@ -385,6 +385,37 @@ impl Cluster {
         Ok(())
     }
 
+    /// Node `i`'s agent metrics (Prometheus text), scraped inside the node namespace.
+    pub fn agent_metrics(&self, i: usize) -> Result<String> {
+        let addr = self.agents[i]
+            .as_ref()
+            .context("no agent running on that node")?
+            .metrics;
+        self.nodes[i]
+            .ns
+            .run_in(move || -> Result<String> {
+                use std::io::Read as _;
+                let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+                let mut text = String::new();
+                conn.read_to_string(&mut text)?;
+                Ok(text)
+            })?
+            .join()
+            .map_err(|_| anyhow::anyhow!("metrics scrape thread panicked"))?
+    }
+
+    /// The agent's count of CNI requests of `verb` that ended in `result` on node `i`.
+    pub fn cni_requests(&self, i: usize, verb: &str, result: &str) -> u64 {
+        let want = format!(r#"rama_cni_requests_total{{result="{result}",verb="{verb}"}} "#);
+        self.agent_metrics(i)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(&want).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    }
+
     /// The network configuration for node `i`'s plugin.
     pub fn cni_conf(&self, i: usize, version: &str) -> Value {
         json!({

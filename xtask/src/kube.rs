@@ -80,16 +80,11 @@ fn debian_mirror() -> Result<String> {
     bail!("no Debian mirror found in /etc/apt/sources.list.d/*.sources")
 }
 
-/// Builds kube-apiserver unless the cache has it.
-pub fn build() -> Result<PathBuf> {
-    let bin = binary();
-    if bin.exists() {
-        eprintln!("kube-apiserver: cached at {}", bin.display());
-        return Ok(bin);
-    }
-    bootstrap::ensure_packages(PACKAGES)?;
-    let work = work_dir();
-    let apt = work.join("apt");
+/// Downloads Debian's source package `package` (its files, unpacked by no one) into
+/// `dir` through a private apt configuration that adds a `deb-src` line, leaving the
+/// system's apt sources as they are.
+pub fn apt_source(package: &str, dir: &Path) -> Result<()> {
+    let apt = cache_dir().join("apt-src");
     std::fs::create_dir_all(apt.join("lists/partial"))?;
     std::fs::write(
         apt.join("sources.list"),
@@ -106,16 +101,42 @@ pub fn build() -> Result<PathBuf> {
     run(Command::new("apt-get")
         .args(&apt_opts)
         .args(["update", "-qq"]))?;
+    std::fs::create_dir_all(dir)?;
+    run(Command::new("apt-get")
+        .current_dir(dir)
+        .args(&apt_opts)
+        .args(["source", "--download-only", package]))
+}
+
+/// The kubernetes source archive (`.orig.tar.gz`), downloaded once into the cache.
+pub fn source_archive() -> Result<PathBuf> {
+    let dir = work_dir().join("archive");
+    let find = || {
+        std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.to_string_lossy().ends_with(".orig.tar.gz"))
+        })
+    };
+    if let Some(found) = find() {
+        return Ok(found);
+    }
+    apt_source("kubernetes", &dir)?;
+    find().context("no kubernetes .orig.tar.gz downloaded")
+}
+
+/// Builds kube-apiserver unless the cache has it.
+pub fn build() -> Result<PathBuf> {
+    let bin = binary();
+    if bin.exists() {
+        eprintln!("kube-apiserver: cached at {}", bin.display());
+        return Ok(bin);
+    }
+    bootstrap::ensure_packages(PACKAGES)?;
+    let work = work_dir();
+    let tarball = source_archive()?;
     let src = work.join("src");
     std::fs::create_dir_all(&src)?;
-    run(Command::new("apt-get")
-        .current_dir(&src)
-        .args(&apt_opts)
-        .args(["source", "--download-only", "kubernetes"]))?;
-    let tarball = std::fs::read_dir(&src)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with(".orig.tar.gz"))
-        .context("no kubernetes .orig.tar.gz downloaded")?;
     run(Command::new("tar")
         .current_dir(&src)
         .arg("xzf")
@@ -164,7 +185,8 @@ pub fn build() -> Result<PathBuf> {
         .env("KUBE_GIT_VERSION_FILE", &version_file))?;
     std::fs::create_dir_all(bin.parent().context("bin dir")?)?;
     std::fs::copy(tree.join("_output/bin/kube-apiserver"), &bin)?;
-    // The tree is 1.5 GB; the binary is all we keep.
+    // The tree is 1.5 GB; the binary is all we keep (and the archive, whose vendor/
+    // the CRI test client builds against).
     std::fs::remove_dir_all(&src).ok();
     eprintln!("kube-apiserver: built {}", bin.display());
     Ok(bin)

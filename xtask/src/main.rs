@@ -4,6 +4,7 @@
 //! missing (Debian packages, bpf-linker built against Debian's LLVM 22, rust-src for
 //! the nightly that builds the eBPF programs) and does nothing when all is there.
 mod bootstrap;
+mod clients;
 mod kube;
 
 use std::{
@@ -33,8 +34,12 @@ enum Task {
     },
     /// Lint both toolchains and run every test, privileged ones included (as root).
     Test,
-    /// The datapath demo: a two-node cluster in network namespaces, every path tried.
+    /// The demo: two nodes in network namespaces running rama-agent, pods added through
+    /// rama-cni, every path tried.
     Demo,
+    /// Install the real CNI clients the tests drive (cnitool, containerd CRI, podman);
+    /// prints their directory.
+    CniClients,
     /// Write the CRD YAML (deploy/crds/rama.yaml) from rama-api's types.
     GenCrds,
     /// A real kube-apiserver for tests: `build` (once, cached), `up`, `down`.
@@ -151,6 +156,9 @@ fn test() -> Result<()> {
     // matrix lists each path it proved.
     test.args(["--", "--show-output"]);
     // The API tests run against a real kube-apiserver (built once, cached).
+    // The plugin's tests drive real CNI clients (installed once, cached).
+    test.env("RAMA_TEST_CNI_CLIENTS", clients::ensure()?)
+        .env("RAMA_TEST_PAUSE_IMAGE", clients::PAUSE_IMAGE);
     let kubeconfig = kube::up()?;
     test.env("RAMA_TEST_APISERVER", kube::server_url())
         .env("RAMA_TEST_TOKEN", kube::TOKEN)
@@ -183,6 +191,10 @@ fn main() -> Result<()> {
             run(cargo().args(["build", "--release", "--bins"]))?;
             run(&mut Command::new(root().join("target/release/rama-demo")))
         }
+        Task::CniClients => {
+            println!("{}", clients::ensure()?.display());
+            Ok(())
+        }
         Task::GenCrds => {
             let path = root().join("deploy/crds/rama.yaml");
             std::fs::create_dir_all(path.parent().context("deploy dir")?)?;
@@ -209,6 +221,13 @@ fn main() -> Result<()> {
                 cmd.arg("--quick");
             }
             run(&mut cmd)?;
+            // CNI ADD/DEL latency through cnitool, against bridge + host-local.
+            let clients = clients::ensure()?;
+            run(Command::new(root().join("target/release/rama-cni-bench"))
+                .arg("--out")
+                .arg(&out)
+                .arg("--clients")
+                .arg(&clients))?;
             run(cargo()
                 .args(["bench", "-p", "rama-ipam"])
                 .env("RAMA_BENCH_OUT", &out))?;
