@@ -5,6 +5,7 @@
 //! the nightly that builds the eBPF programs) and does nothing when all is there.
 mod bootstrap;
 mod clients;
+mod fuzz;
 mod kube;
 
 use std::{
@@ -40,6 +41,16 @@ enum Task {
     /// Install the real CNI clients the tests drive (cnitool, containerd CRI, podman);
     /// prints their directory.
     CniClients,
+    /// Fuzz the CNI plugin's parsers (configuration, environment) from the committed
+    /// corpus; `--grow` keeps what the run discovers in the corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Add new inputs to rama-cni/fuzz/corpus (otherwise they are discarded).
+        #[arg(long)]
+        grow: bool,
+    },
     /// Write the CRD YAML (deploy/crds/rama.yaml) from rama-api's types.
     GenCrds,
     /// A real kube-apiserver for tests: `build` (once, cached), `up`, `down`.
@@ -145,6 +156,8 @@ fn test() -> Result<()> {
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate is linted on its own, for its own target, as aya does.
     run(ebpf_cargo("clippy").args(["--", "-D", "warnings"]))?;
+    // The plugin's parsers under libFuzzer, briefly, from the committed corpus.
+    fuzz::run_all(20, false)?;
     // The privileged tests execute the agent binary.
     run(cargo().args(["build", "--bins"]))?;
     let mut test = cargo();
@@ -190,6 +203,10 @@ fn main() -> Result<()> {
             bootstrap::ensure()?;
             run(cargo().args(["build", "--release", "--bins"]))?;
             run(&mut Command::new(root().join("target/release/rama-demo")))
+        }
+        Task::Fuzz { seconds, grow } => {
+            bootstrap::ensure()?;
+            fuzz::run_all(seconds, grow)
         }
         Task::CniClients => {
             println!("{}", clients::ensure()?.display());
