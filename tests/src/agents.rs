@@ -271,8 +271,6 @@ impl Cluster {
             "run".into(),
             "--node-name".into(),
             node.name.clone(),
-            "--state-dir".into(),
-            self.state_dir().display().to_string(),
             "--uplink".into(),
             "up0".into(),
             "--datapath".into(),
@@ -292,6 +290,12 @@ impl Cluster {
             "--xdp".into(),
             self.xdp.into(),
         ];
+        // Standalone on the cluster's state directory, unless the caller names a
+        // kubeconfig (Kubernetes mode).
+        if !extra.contains(&"--kubeconfig") {
+            args.push("--state-dir".into());
+            args.push(self.state_dir().display().to_string());
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let logfile = std::fs::OpenOptions::new()
             .create(true)

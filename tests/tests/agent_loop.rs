@@ -251,3 +251,80 @@ fn fallback_nodes_through_the_full_path() {
     assert_eq!(out.error_code(), Some(100), "{out:?}");
     assert!(out.stdout.contains("table 39999"), "{out:?}");
 }
+
+#[test]
+fn a_pod_gets_the_static_addresses_it_asks_for() {
+    require_root!();
+    let mut c = cluster("si", &[DatapathMode::Ebpf, DatapathMode::Ebpf]);
+    c.add_cni_pod(1, "peer", PodNet::Vlan100).expect("peer pod");
+    let ns = rama_tests::netns::Netns::new(&format!("{}-st", c.tag)).expect("netns");
+    let args = "K8S_POD_NAMESPACE=default;K8S_POD_NAME=st;RAMA_NETWORK=vlan100;\
+                RAMA_IP=10.100.0.77,fd00:100::77";
+    let out = c
+        .cni(
+            0,
+            "ADD",
+            "c-st",
+            Some(&ns.path()),
+            args,
+            &c.cni_conf(0, "1.0.0"),
+        )
+        .expect("plugin");
+    assert!(out.success(), "{out:?}\n{}", c.agent_log(0));
+    let pod =
+        rama_tests::agents::pod_from_result("st", 0, PodNet::Vlan100, ns, &out.json().unwrap())
+            .expect("pod");
+    assert_eq!(pod.ipv4.to_string(), "10.100.0.77");
+    assert_eq!(pod.ipv6.to_string(), "fd00:100::77");
+    c.pods.push(pod);
+    ping(&c.pod("st").ns, c.pod("peer").ipv4.into()).expect("static IPv4 across nodes");
+    ping(&c.pod("st").ns, c.pod("peer").ipv6.into()).expect("static IPv6 across nodes");
+    // Another pod asking for the same address is refused, naming it.
+    let other = rama_tests::netns::Netns::new(&format!("{}-s2", c.tag)).expect("netns");
+    let clash = c
+        .cni(
+            1,
+            "ADD",
+            "c-s2",
+            Some(&other.path()),
+            "K8S_POD_NAMESPACE=default;K8S_POD_NAME=s2;RAMA_NETWORK=vlan100;RAMA_IP=10.100.0.77",
+            &c.cni_conf(1, "1.0.0"),
+        )
+        .expect("plugin");
+    assert!(!clash.success(), "a second pod got 10.100.0.77: {clash:?}");
+    assert!(
+        clash.stdout.contains("10.100.0.77"),
+        "the refusal does not name the address: {clash:?}"
+    );
+}
+
+#[test]
+fn a_missing_uplink_is_named_and_nothing_starts() {
+    require_root!();
+    let c = Cluster::new("mu", &[DatapathMode::Ebpf]).expect("cluster");
+    c.write_cluster_state().expect("state");
+    let dir = c.scratch.join("mu-agent");
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", c.nodes[0].ns.path()))
+        .arg(rama_tests::agent_binary())
+        .args(["run", "--node-name", "n1", "--uplink", "nosuch0"])
+        .arg("--state-dir")
+        .arg(c.state_dir())
+        .arg("--socket")
+        .arg(dir.join("cni.sock"))
+        .arg("--cni-queue-dir")
+        .arg(dir.join("queue"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--metrics-addr", "none"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("uplink interface \"nosuch0\" does not exist"),
+        "{stderr}"
+    );
+    assert!(!dir.join("cni.sock").exists(), "a socket was left behind");
+}
