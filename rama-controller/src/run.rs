@@ -13,7 +13,7 @@ use kube::{
         watcher,
     },
 };
-use log::{info, warn};
+use log::{debug, info, warn};
 use rama_api::{IPInstance, Network, Subnet};
 use rama_store::kube_store::KubeStore;
 use serde::de::DeserializeOwned;
@@ -142,18 +142,48 @@ pub async fn run_loops(client: Client, settings: &Settings, stop: watch::Receive
         networks: networks.clone(),
     });
 
+    // A pod reconciled before the namespace, node and network caches have their first
+    // full list would be judged without its namespace's annotations or its node's
+    // networks (refused, retried seconds later): the loops that decide on pods start
+    // once those caches are filled — or at shutdown, when there is nothing to decide.
+    let caches_ready = {
+        let (namespaces, nodes, networks, subnets) = (
+            pod_ctx.namespaces.clone(),
+            nodes.clone(),
+            networks.clone(),
+            subnets.clone(),
+        );
+        let stopped = stopped.clone();
+        async move {
+            let filled = async {
+                let _ = namespaces.wait_until_ready().await;
+                let _ = nodes.wait_until_ready().await;
+                let _ = networks.wait_until_ready().await;
+                let _ = subnets.wait_until_ready().await;
+                debug!("caches filled: namespaces, nodes, networks, subnets");
+            };
+            tokio::select! {
+                () = filled => {}
+                () = stopped => {}
+            }
+        }
+        .shared()
+    };
+
     let allocation = Controller::new(Api::<Pod>::all(client.clone()), scheduled)
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .reconcile_all_on(ticks(settings.resync))
         .graceful_shutdown_on(stopped.clone())
         .run(pods::reconcile_pod, pods::retry, pod_ctx.clone())
         .for_each(log_result("allocation"));
+    let allocation = caches_ready.clone().then(|()| allocation);
     let release = release
         .with_config(controller::Config::default().concurrency(settings.concurrency))
         .reconcile_all_on(ticks(settings.resync))
         .graceful_shutdown_on(stopped.clone())
         .run(pods::reconcile_instance, pods::retry, pod_ctx)
         .for_each(log_result("release"));
+    let release = caches_ready.then(|()| release);
 
     let status = Controller::new(
         Api::<Network>::all(client.clone()),
@@ -190,14 +220,21 @@ pub async fn run_loops(client: Client, settings: &Settings, stop: watch::Receive
         .run(status::reconcile_network, status_retry, status_ctx)
         .for_each(log_result("status"));
 
+    // Each loop says when it has stopped: a shutdown that hangs names the culprit.
+    let done = |name: &'static str| {
+        move |()| {
+            debug!("{name} stopped");
+            futures::future::ready(())
+        }
+    };
     futures::join!(
-        allocation,
-        release,
-        status,
-        namespaces_task,
-        nodes_task,
-        networks_task,
-        subnets_task
+        allocation.then(done("allocation loop")),
+        release.then(done("release loop")),
+        status.then(done("status loop")),
+        namespaces_task.then(done("namespace reflector")),
+        nodes_task.then(done("node reflector")),
+        networks_task.then(done("network reflector")),
+        subnets_task.then(done("subnet reflector"))
     );
 }
 

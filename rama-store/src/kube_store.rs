@@ -36,6 +36,12 @@ fn is_not_found(e: &kube::Error) -> bool {
 pub struct KubeStore {
     client: Client,
     field_manager: String,
+    /// Allocations through this store take turns. Each reads the state, picks the
+    /// next free addresses and creates them: two at once in one process would pick
+    /// the same ones and lose to each other (409) until they give up — the
+    /// controller's concurrent reconciles did, at a fifth of the serial rate. Other
+    /// processes (another replica) are still settled by the API server's 409.
+    allocating: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl KubeStore {
@@ -43,6 +49,7 @@ impl KubeStore {
         Self {
             client,
             field_manager: field_manager.into(),
+            allocating: Default::default(),
         }
     }
 
@@ -147,6 +154,7 @@ impl KubeStore {
 
     /// Allocates for a pod, retrying when another writer took a chosen address.
     pub async fn allocate(&self, req: &Request) -> Result<Vec<IPInstance>> {
+        let _turn = self.allocating.lock().await;
         for _ in 0..ATTEMPTS {
             let (mut ipam, subnets, existing) = self.load().await?;
             let allocations = ipam.allocate(req)?;

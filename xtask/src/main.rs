@@ -251,7 +251,7 @@ fn main() -> Result<()> {
             // The Kubernetes store against a real API server (built once, cached).
             let kubeconfig = kube::up()?;
             let result = run(cargo()
-                .args(["bench", "-p", "rama-store"])
+                .args(["bench", "-p", "rama-store", "-p", "rama-controller"])
                 .env("RAMA_BENCH_OUT", &out)
                 .env("RAMA_TEST_KUBECONFIG", kubeconfig));
             kube::down()?;
