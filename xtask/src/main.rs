@@ -168,10 +168,10 @@ fn test() -> Result<()> {
     // Show what passing tests printed too: a skipped cell or test says why, and the
     // matrix lists each path it proved.
     test.args(["--", "--show-output"]);
-    // The API tests run against a real kube-apiserver (built once, cached).
     // The plugin's tests drive real CNI clients (installed once, cached).
     test.env("RAMA_TEST_CNI_CLIENTS", clients::ensure()?)
         .env("RAMA_TEST_PAUSE_IMAGE", clients::PAUSE_IMAGE);
+    // The API tests run against a real kube-apiserver (built once, cached).
     let kubeconfig = kube::up()?;
     test.env("RAMA_TEST_APISERVER", kube::server_url())
         .env("RAMA_TEST_TOKEN", kube::TOKEN)
