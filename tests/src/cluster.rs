@@ -510,6 +510,32 @@ impl Cluster {
         }
     }
 
+    /// The VLANs node `i`'s RAMA_VLANS marks as served.
+    pub fn served_vlans(&self, i: usize) -> Vec<u16> {
+        let data = aya::maps::MapData::from_pin(self.vlans_pin(i)).expect("pinned map");
+        let map = aya::maps::Map::from_map_data(data).expect("map");
+        let vlans = aya::maps::Array::<_, u32>::try_from(map).expect("typed");
+        (0..4096u16)
+            .filter(|v| vlans.get(&u32::from(*v), 0).ok() == Some(1))
+            .collect()
+    }
+
+    /// Writes RAMA_VLANS[`vlan`] of node `i` behind the agent's back.
+    pub fn set_served_vlan(&self, i: usize, vlan: u16, value: u32) {
+        let data = aya::maps::MapData::from_pin(self.vlans_pin(i)).expect("pinned map");
+        let map = aya::maps::Map::from_map_data(data).expect("map");
+        let mut vlans = aya::maps::Array::<_, u32>::try_from(map).expect("typed");
+        vlans
+            .set(u32::from(vlan), value, 0)
+            .expect("write RAMA_VLANS");
+    }
+
+    fn vlans_pin(&self, i: usize) -> PathBuf {
+        rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir)
+            .join("maps")
+            .join(rama_common::names::MAP_VLANS)
+    }
+
     /// Pinned links of node `i`.
     pub fn pinned_links(&self, i: usize) -> Vec<String> {
         let dir =

@@ -328,3 +328,63 @@ fn a_missing_uplink_is_named_and_nothing_starts() {
     );
     assert!(!dir.join("cni.sock").exists(), "a socket was left behind");
 }
+
+#[test]
+fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
+    require_root!();
+    let mut c = Cluster::new("sv", &[DatapathMode::Ebpf]).expect("cluster");
+    c.write_cluster_state().expect("state");
+    c.start_agent(0, &[]).expect("agent");
+    let started = Instant::now();
+    let wait_for = |want: &[u16], within: Duration, what: &str| {
+        let deadline = Instant::now() + within;
+        loop {
+            let served = c.served_vlans(0);
+            if served == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: RAMA_VLANS serves {served:?}, not {want:?}\n{}",
+                c.agent_log(0)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(&[100, 200], Duration::from_secs(5), "at start");
+    // A VLAN added while running is served within a sync or two: written on its own,
+    // well before the next full pass over the array (10 s after the first).
+    std::fs::write(
+        c.state_dir().join("networks/vlan300.yaml"),
+        rama_tests::agents::network_yaml("vlan300", "Underlay", 300),
+    )
+    .expect("network");
+    std::fs::write(
+        c.state_dir().join("subnets/vlan300-v4.yaml"),
+        subnet_yaml("vlan300-v4", "vlan300", "10.30.0.0/24", Some("10.30.0.1")),
+    )
+    .expect("subnet");
+    wait_for(
+        &[100, 200, 300],
+        Duration::from_secs(3),
+        "after adding VLAN 300",
+    );
+    std::fs::remove_file(c.state_dir().join("subnets/vlan300-v4.yaml")).expect("rm");
+    std::fs::remove_file(c.state_dir().join("networks/vlan300.yaml")).expect("rm");
+    wait_for(
+        &[100, 200],
+        Duration::from_secs(3),
+        "after removing VLAN 300",
+    );
+    // Entries changed behind the agent's back are put right by the first sync after
+    // the full pass is due (any change triggers one; so does the periodic resync).
+    c.set_served_vlan(0, 100, 0);
+    c.set_served_vlan(0, 42, 1);
+    std::thread::sleep(Duration::from_secs(11).saturating_sub(started.elapsed()));
+    std::fs::write(
+        c.state_dir().join("subnets/overlay-c.yaml"),
+        subnet_yaml("overlay-c", "overlay", "10.246.0.0/24", None),
+    )
+    .expect("subnet");
+    wait_for(&[100, 200], Duration::from_secs(5), "after tampering");
+}

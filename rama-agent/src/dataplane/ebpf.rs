@@ -9,7 +9,7 @@ use std::{
     mem::size_of,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::{
@@ -93,7 +93,14 @@ pub struct EbpfDataplane {
     nl: Option<Netlink>,
     xdp: XdpPolicy,
     masquerade: host::MasqueradeCache,
+    /// The VLANs written to RAMA_VLANS by the last sync, and when the last full pass
+    /// over the array was.
+    vlans_synced: Option<(HashSet<u16>, Instant)>,
 }
+
+/// How often `sync_maps` reads back the whole of RAMA_VLANS (shorter than the
+/// agent's default resync period, 30 s).
+const VLANS_REFRESH: Duration = Duration::from_secs(10);
 
 impl EbpfDataplane {
     /// Loads and verifies the programs, reusing pinned maps under `config.pin_dir`.
@@ -175,6 +182,7 @@ impl EbpfDataplane {
             nl: None,
             xdp: config.xdp,
             masquerade: host::MasqueradeCache::default(),
+            vlans_synced: None,
         })
     }
 
@@ -430,17 +438,40 @@ impl EbpfDataplane {
                 Fabric::Overlay { .. } => None,
             })
             .collect();
+        // Reading all 4096 entries costs a syscall each (about 5 ms, most of a sync
+        // that only adds a pod), so between full passes only the VLANs whose state
+        // changed since the last pass are written. A full pass runs first and then
+        // at least every VLANS_REFRESH, so an entry changed behind the agent's back
+        // is put right at the next periodic resync.
+        let previous = self
+            .vlans_synced
+            .take()
+            .filter(|(_, at)| at.elapsed() < VLANS_REFRESH);
         let mut vlans: Array<_, u32> = Array::try_from(self.map_mut(names::MAP_VLANS)?)
             .map_err(|e| Error::ebpf("opening RAMA_VLANS", e))?;
-        for vlan in 0..4096u16 {
-            let want = u32::from(served.contains(&vlan));
-            let index = u32::from(vlan);
-            if vlans.get(&index, 0).ok() != Some(want) {
-                vlans
-                    .set(index, want, 0)
-                    .map_err(|e| Error::ebpf("writing RAMA_VLANS", e))?;
+        let write = |vlans: &mut Array<_, u32>, vlan: u16, want: u32| {
+            vlans
+                .set(u32::from(vlan), want, 0)
+                .map_err(|e| Error::ebpf("writing RAMA_VLANS", e))
+        };
+        let full_pass_at = match previous {
+            Some((before, at)) => {
+                for &vlan in before.symmetric_difference(&served) {
+                    write(&mut vlans, vlan, u32::from(served.contains(&vlan)))?;
+                }
+                at
             }
-        }
+            None => {
+                for vlan in 0..4096u16 {
+                    let want = u32::from(served.contains(&vlan));
+                    if vlans.get(&u32::from(vlan), 0).ok() != Some(want) {
+                        write(&mut vlans, vlan, want)?;
+                    }
+                }
+                Instant::now()
+            }
+        };
+        self.vlans_synced = Some((served, full_pass_at));
         Ok(notes)
     }
 
@@ -897,6 +928,7 @@ impl Dataplane for EbpfDataplane {
 
     async fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
+        self.vlans_synced = None;
         self.release_stale_links(&HashSet::new());
         match self.netlink() {
             Ok(nl) => {
