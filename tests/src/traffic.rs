@@ -12,18 +12,28 @@ use anyhow::{Context as _, Result, bail};
 use crate::netns::Netns;
 
 /// Pings `dst` from `from`; succeeds when at least one echo comes back. The first
-/// packet may wait for neighbour resolution, hence a few tries.
+/// packet may wait for neighbour resolution, hence a few packets. And a pod just
+/// added on one node is known to the other nodes only after their agents' next sync
+/// (in standalone mode they poll the state directory every 500 ms): until then the
+/// sending node answers "unreachable", which ends a ping run at once — so a failed
+/// run is tried again, for up to 5 s in all.
 pub fn ping(from: &Netns, dst: IpAddr) -> Result<()> {
     let dst_s = dst.to_string();
-    let out = from.exec_output("ping", &["-c", "3", "-i", "0.2", "-w", "4", "-q", &dst_s])?;
-    if !out.status.success() {
-        bail!(
-            "ping {dst} from {} failed: {}",
-            from.name,
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = from.exec_output("ping", &["-c", "3", "-i", "0.2", "-w", "4", "-q", &dst_s])?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "ping {dst} from {} failed: {}",
+                from.name,
+                String::from_utf8_lossy(&out.stdout).trim()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
     }
-    Ok(())
 }
 
 /// Opens a TCP connection from `client` to `server_ip` (a listener inside `server`),
