@@ -9,7 +9,7 @@ use std::{
     mem::size_of,
     net::IpAddr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::{
@@ -92,15 +92,10 @@ pub struct EbpfDataplane {
     attached: HashSet<String>,
     nl: Option<Netlink>,
     xdp: XdpPolicy,
-    masquerade: host::MasqueradeCache,
-    /// The VLANs written to RAMA_VLANS by the last sync, and when the last full pass
-    /// over the array was.
-    vlans_synced: Option<(HashSet<u16>, Instant)>,
+    masquerade: super::Written<String>,
+    /// The VLANs RAMA_VLANS marks as served.
+    vlans: super::Written<HashSet<u16>>,
 }
-
-/// How often `sync_maps` reads back the whole of RAMA_VLANS (shorter than the
-/// agent's default resync period, 30 s).
-const VLANS_REFRESH: Duration = Duration::from_secs(10);
 
 impl EbpfDataplane {
     /// Loads and verifies the programs, reusing pinned maps under `config.pin_dir`.
@@ -181,8 +176,8 @@ impl EbpfDataplane {
             attached: HashSet::new(),
             nl: None,
             xdp: config.xdp,
-            masquerade: host::MasqueradeCache::default(),
-            vlans_synced: None,
+            masquerade: Default::default(),
+            vlans: Default::default(),
         })
     }
 
@@ -438,40 +433,32 @@ impl EbpfDataplane {
                 Fabric::Overlay { .. } => None,
             })
             .collect();
-        // Reading all 4096 entries costs a syscall each (about 5 ms, most of a sync
-        // that only adds a pod), so between full passes only the VLANs whose state
-        // changed since the last pass are written. A full pass runs first and then
-        // at least every VLANS_REFRESH, so an entry changed behind the agent's back
-        // is put right at the next periodic resync.
-        let previous = self
-            .vlans_synced
-            .take()
-            .filter(|(_, at)| at.elapsed() < VLANS_REFRESH);
+        // Reading all 4096 entries back costs a syscall each, so a sync writes only
+        // the VLANs that changed since the last one, and the whole array when the
+        // last full pass is no longer trusted (see `Written`).
+        let before = self.vlans.take();
         let mut vlans: Array<_, u32> = Array::try_from(self.map_mut(names::MAP_VLANS)?)
             .map_err(|e| Error::ebpf("opening RAMA_VLANS", e))?;
-        let write = |vlans: &mut Array<_, u32>, vlan: u16, want: u32| {
+        let mut write = |vlan: u16, want: u32| {
             vlans
                 .set(u32::from(vlan), want, 0)
                 .map_err(|e| Error::ebpf("writing RAMA_VLANS", e))
         };
-        let full_pass_at = match previous {
-            Some((before, at)) => {
+        let full = match &before {
+            Some(before) => {
                 for &vlan in before.symmetric_difference(&served) {
-                    write(&mut vlans, vlan, u32::from(served.contains(&vlan)))?;
+                    write(vlan, u32::from(served.contains(&vlan)))?;
                 }
-                at
+                false
             }
             None => {
                 for vlan in 0..4096u16 {
-                    let want = u32::from(served.contains(&vlan));
-                    if vlans.get(&u32::from(vlan), 0).ok() != Some(want) {
-                        write(&mut vlans, vlan, want)?;
-                    }
+                    write(vlan, u32::from(served.contains(&vlan)))?;
                 }
-                Instant::now()
+                true
             }
         };
-        self.vlans_synced = Some((served, full_pass_at));
+        self.vlans.put(served, full);
         Ok(notes)
     }
 
@@ -928,12 +915,12 @@ impl Dataplane for EbpfDataplane {
 
     async fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
-        self.vlans_synced = None;
+        self.vlans.forget();
         self.release_stale_links(&HashSet::new());
         match self.netlink() {
             Ok(nl) => {
                 host::teardown(&nl, &mut errors).await;
-                self.masquerade.clear();
+                self.masquerade.forget();
                 match nl.link(defaults::VXLAN_DEVICE).await {
                     Ok(Some(link)) => {
                         if let Err(e) = nl.delete_link(link.index).await {

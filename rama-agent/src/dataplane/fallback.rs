@@ -31,7 +31,7 @@ pub struct FallbackDataplane {
     /// The eBPF backend's pins for this node: released on apply, so a node switched
     /// from eBPF to fallback stops running the programs.
     ebpf_pin_dir: std::path::PathBuf,
-    masquerade: host::MasqueradeCache,
+    masquerade: super::Written<String>,
 }
 
 impl FallbackDataplane {
@@ -39,7 +39,7 @@ impl FallbackDataplane {
         Ok(Self {
             nl: None,
             ebpf_pin_dir: ebpf_pin_dir.to_owned(),
-            masquerade: host::MasqueradeCache::default(),
+            masquerade: Default::default(),
         })
     }
 
@@ -314,7 +314,7 @@ impl Dataplane for FallbackDataplane {
         let nl = self.netlink()?;
         let mut errors = Vec::new();
         host::teardown(&nl, &mut errors).await;
-        self.masquerade.clear();
+        self.masquerade.forget();
         remove_policy_routing(&nl, &mut errors, true).await;
         if let Err(e) = super::ebpf::release_pins(&self.ebpf_pin_dir) {
             errors.push(e);

@@ -11,12 +11,12 @@ use std::{
     io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use ipnet::IpNet;
 use rama_common::{GATEWAY_V4, GATEWAY_V6};
 
+use super::Written;
 use crate::{
     Error, Result, defaults,
     net::{Link, Netlink, RuleSpec, route_destination, sysctl},
@@ -63,38 +63,17 @@ pub fn endpoint_routes(ep: &LocalEndpoint) -> impl Iterator<Item = IpNet> + '_ {
         .chain(ep.ipv6.map(|a| IpNet::from(IpAddr::V6(a))))
 }
 
-/// The masquerade ruleset last handed to nft and when. Starting nft costs about
-/// 20 ms — most of a CNI ADD when every sync ran it — so a sync whose ruleset is
-/// unchanged skips it. An unchanged ruleset is still re-applied once it is older
-/// than [`MASQUERADE_REFRESH`], so a table flushed by someone else comes back at the
-/// next periodic resync (level-triggered, like everything else).
-#[derive(Debug, Default)]
-pub struct MasqueradeCache {
-    last: Option<(String, Instant)>,
-}
-
-/// Shorter than the agent's default resync period (30 s).
-pub const MASQUERADE_REFRESH: Duration = Duration::from_secs(10);
-
-impl MasqueradeCache {
-    fn apply(&mut self, state: &ValidState) -> Result<()> {
-        let ruleset = masquerade_ruleset(state);
-        if let Some((last, at)) = &self.last
-            && *last == ruleset
-            && at.elapsed() < MASQUERADE_REFRESH
-        {
-            return Ok(());
-        }
-        self.last = None;
-        run_nft(&ruleset)?;
-        self.last = Some((ruleset, Instant::now()));
-        Ok(())
+/// Hands the masquerade ruleset to nft unless it is what nft was last given (and
+/// that is still trusted, see [`Written`]).
+fn apply_masquerade(state: &ValidState, written: &mut Written<String>) -> Result<()> {
+    let ruleset = masquerade_ruleset(state);
+    if written.take().as_ref() == Some(&ruleset) {
+        written.put(ruleset, false);
+        return Ok(());
     }
-
-    /// Forgets the ruleset (after a teardown removed the table).
-    pub fn clear(&mut self) {
-        self.last = None;
-    }
+    run_nft(&ruleset)?;
+    written.put(ruleset, true);
+    Ok(())
 }
 
 /// Converges the shared host plumbing on `state`.
@@ -102,7 +81,7 @@ pub async fn apply(
     nl: &Netlink,
     state: &ValidState,
     links: &Links,
-    masquerade: &mut MasqueradeCache,
+    masquerade: &mut Written<String>,
 ) -> Result<()> {
     // A node forwards for its pods (RFC 1812 router behaviour, both families).
     sysctl("net/ipv4/ip_forward", "1")?;
@@ -127,7 +106,7 @@ pub async fn apply(
             nl.delete_route(route).await?;
         }
     }
-    masquerade.apply(state)
+    apply_masquerade(state, masquerade)
 }
 
 /// `lookup TABLE_LOCAL` first, for both families: local pods win over every policy.

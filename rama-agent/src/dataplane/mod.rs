@@ -18,7 +18,12 @@ pub mod fake;
 pub mod fallback;
 pub mod host;
 
-use std::{fmt, path::PathBuf, str::FromStr};
+use std::{
+    fmt,
+    path::PathBuf,
+    str::FromStr,
+    time::{Duration, Instant},
+};
 
 use serde::Serialize;
 
@@ -222,5 +227,84 @@ impl Dataplane for Backend {
             Backend::Fallback(b) => b.check_endpoint(ep).await,
             Backend::Fake(b) => b.check_endpoint(ep).await,
         }
+    }
+}
+
+/// What a backend last wrote that is costly to write again or to read back (the
+/// nft ruleset: a process start, ~20 ms; RAMA_VLANS: 4096 reads, ~5 ms), so that a
+/// sync changing nothing there skips it, or writes only the difference. Trusted for
+/// [`FULL_WRITE_EVERY`] after the last full write; after that the next sync writes in
+/// full again, so what someone else changed is put right at the next periodic resync
+/// (level-triggered, like everything else).
+#[derive(Debug)]
+pub struct Written<T> {
+    last: Option<T>,
+    full_at: Option<Instant>,
+}
+
+/// Shorter than the agent's default resync period (30 s).
+pub const FULL_WRITE_EVERY: Duration = Duration::from_secs(10);
+
+impl<T> Default for Written<T> {
+    fn default() -> Self {
+        Self {
+            last: None,
+            full_at: None,
+        }
+    }
+}
+
+impl<T> Written<T> {
+    /// The value last written, while it may be trusted. It is taken: a write that
+    /// fails before [`Written::put`] is redone in full.
+    pub fn take(&mut self) -> Option<T> {
+        let last = self.last.take();
+        last.filter(|_| {
+            self.full_at
+                .is_some_and(|at| at.elapsed() < FULL_WRITE_EVERY)
+        })
+    }
+
+    /// Records what is now written; `full` when it was written whole rather than
+    /// from the value [`Written::take`] gave.
+    pub fn put(&mut self, value: T, full: bool) {
+        if full {
+            self.full_at = Some(Instant::now());
+        }
+        self.last = Some(value);
+    }
+
+    /// Forgets everything (after a teardown removed what was written).
+    pub fn forget(&mut self) {
+        *self = Self::default();
+    }
+}
+
+#[cfg(test)]
+mod written_tests {
+    use super::Written;
+
+    #[test]
+    fn trusted_after_a_full_write_until_taken_or_forgotten() {
+        let mut w = Written::default();
+        assert_eq!(w.take(), None::<u32>, "nothing written yet: write in full");
+        w.put(7, false);
+        assert_eq!(w.take(), None, "never written in full: not trusted");
+        w.put(7, true);
+        assert_eq!(w.take(), Some(7));
+        assert_eq!(
+            w.take(),
+            None,
+            "taken: a write that fails is redone in full"
+        );
+        w.put(8, false);
+        assert_eq!(
+            w.take(),
+            Some(8),
+            "a partial write keeps the full write's time"
+        );
+        w.put(8, true);
+        w.forget();
+        assert_eq!(w.take(), None);
     }
 }
