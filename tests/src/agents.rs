@@ -90,19 +90,7 @@ impl AgentProcess {
 
     /// Sends `signal` and waits up to `timeout` for the process to end; true if it did.
     pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> bool {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return true;
-        }
-        // SAFETY: kill(2) on the child this harness started (by its PID).
-        unsafe { libc::kill(self.pid(), signal) };
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
+        crate::signal_and_wait(&mut self.child, signal, timeout)
     }
 
     /// The agent's log so far.

@@ -24,6 +24,8 @@
 //! Names are prefixed with a per-test tag and the process id so tests run in parallel
 //! and never touch anything they did not create.
 
+use std::time::{Duration, Instant};
+
 pub mod agents;
 pub mod cluster;
 pub mod frames;
@@ -46,6 +48,57 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// Sends `signal` to `child` (a process this harness started, by its PID) and waits
+/// up to `timeout` for it to exit; whether it did.
+pub fn signal_and_wait(child: &mut std::process::Child, signal: i32, timeout: Duration) -> bool {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return true;
+    }
+    // SAFETY: kill(2) on a child this harness started.
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Stops a child this harness started: SIGTERM, then SIGKILL after `grace`.
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    if !signal_and_wait(child, libc::SIGTERM, grace) {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+}
+
+/// A path that `cargo xtask test` passes in `var` (a cache of real clients, an API
+/// server's kubeconfig): None, printing why, when it is not set — and a failure, never
+/// a skip, under CI.
+pub fn path_from_env(var: &str, test: &str, what: &str) -> Option<std::path::PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) => Some(path.into()),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{test}: {var} is not set (cargo xtask test sets it)")
+        }
+        None => {
+            eprintln!("SKIP: {test} needs {what}: {var} is unset; `cargo xtask test` sets it");
+            None
+        }
+    }
+}
+
+/// Today's date (YYYY-MM-DD) for the names of bench results.
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "unknown-date".into())
 }
 
 /// A binary built by cargo alongside the tests (`cargo xtask test` builds them all).

@@ -40,18 +40,11 @@ use serde_json::json;
 const API_PORT: u16 = 26443;
 
 fn kubeconfig() -> Option<PathBuf> {
-    match std::env::var_os("RAMA_TEST_KUBECONFIG") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("RAMA_TEST_KUBECONFIG is not set (cargo xtask test sets it)")
-        }
-        None => {
-            eprintln!(
-                "SKIP: no API server (RAMA_TEST_KUBECONFIG unset); `cargo xtask test` starts one"
-            );
-            None
-        }
-    }
+    rama_tests::path_from_env(
+        "RAMA_TEST_KUBECONFIG",
+        "agents_in_kubernetes_mode_connect_pods_across_nodes",
+        "an API server",
+    )
 }
 
 /// Forwards 127.0.0.1:`port` inside `ns` to 127.0.0.1:`port` of the host, until
@@ -130,17 +123,7 @@ struct Controller(Child);
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the process this test started.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        rama_tests::stop_child(&mut self.0, Duration::from_secs(10));
     }
 }
 

@@ -26,22 +26,9 @@ use rama_tests::{
 };
 use serde_json::{Value, json};
 
-/// The installed clients, or None (printing why) outside `cargo xtask test`. Under CI
-/// a missing client is a failure, never a skip.
+/// The installed clients (`cargo xtask cni-clients`), or None with the reason.
 fn clients(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("RAMA_TEST_CNI_CLIENTS") {
-        Some(dir) => Some(PathBuf::from(dir)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{test}: RAMA_TEST_CNI_CLIENTS is not set (cargo xtask test sets it)")
-        }
-        None => {
-            eprintln!(
-                "SKIP: {test} needs the real CNI clients: run `cargo xtask cni-clients` and set \
-                 RAMA_TEST_CNI_CLIENTS to the directory it prints (cargo xtask test does both)"
-            );
-            None
-        }
-    }
+    rama_tests::path_from_env("RAMA_TEST_CNI_CLIENTS", test, "the real CNI clients")
 }
 
 /// Two eBPF nodes with their agents, and the pods the client's pod must reach on
@@ -328,17 +315,7 @@ impl Drop for Containerd {
             let _ = self.cri(&["stop", &id]);
             let _ = self.cri(&["remove", &id]);
         }
-        // SAFETY: kill(2) on the containerd this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        rama_tests::stop_child(&mut self.child, Duration::from_secs(10));
     }
 }
 

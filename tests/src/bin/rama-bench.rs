@@ -750,20 +750,12 @@ fn machine() -> serde_json::Value {
     })
 }
 
-fn today() -> String {
-    Command::new("date")
-        .arg("+%Y-%m-%d")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|_| "unknown-date".into())
-}
-
 fn run() -> Result<()> {
     let args = parse_args()?;
     let rounds = if args.quick { 2_000 } else { 20_000 };
     let programs = program_costs(rounds)?;
     let paths = pod_paths(args.quick)?;
-    let date = today();
+    let date = rama_tests::today();
     let report = json!({"date": date, "quick": args.quick, "machine": machine(), "programs": programs, "pod_to_pod": paths});
     std::fs::create_dir_all(&args.out)?;
     let json_path = args.out.join(format!("datapath-{date}.json"));

@@ -274,7 +274,7 @@ fn run() -> Result<()> {
         ratios["del_p50"].as_f64().unwrap_or(0.0),
         ratios["del_p99"].as_f64().unwrap_or(0.0)
     );
-    let date = today();
+    let date = rama_tests::today();
     let report = json!({
         "date": date,
         "pods": args.pods,
@@ -305,13 +305,6 @@ fn run() -> Result<()> {
     std::fs::write(&md_path, md)?;
     println!("wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
-}
-
-fn today() -> String {
-    let out = Command::new("date").arg("+%Y-%m-%d").output();
-    out.ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn main() -> ExitCode {
