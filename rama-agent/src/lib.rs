@@ -6,7 +6,9 @@
 //!   Kubernetes API), [`desired`]: what the node should look like given it;
 //! - [`endpoints`]: this node's attachments, [`plumbing`]: their veth pairs;
 //! - [`dataplane`]: the `Dataplane` trait with its eBPF and policy-route backends,
-//!   [`state`]: the node state both render, [`net`]: the kernel plumbing they share.
+//!   [`state`]: the node state both render, [`net`]: the kernel plumbing they share;
+//! - [`metrics`]: the Prometheus metrics, [`inspect`]: the datapath's maps decoded
+//!   and a packet traced through them.
 
 pub mod agent;
 pub mod cluster;
@@ -14,6 +16,7 @@ pub mod dataplane;
 pub mod defaults;
 pub mod desired;
 pub mod endpoints;
+pub mod inspect;
 pub mod metrics;
 pub mod net;
 pub mod plumbing;
@@ -94,6 +97,9 @@ pub enum Error {
     CheckFailed(String),
     #[error("the datapath could not be updated: {0}")]
     Sync(String),
+    /// A name or address given to `inspect` that does not exist (exit code 2).
+    #[error("{0}")]
+    Lookup(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -161,6 +167,7 @@ impl Error {
             Error::NotAllocatedYet(_) => "not_allocated_yet",
             Error::CheckFailed(_) => "check_failed",
             Error::Sync(_) => "sync",
+            Error::Lookup(_) => "lookup",
         }
     }
 

@@ -139,11 +139,54 @@ enum Command {
         #[arg(long, env = "RAMA_PIN_DIR", default_value = rama_common::names::PIN_ROOT)]
         pin_dir: PathBuf,
     },
-    /// Print the eBPF datapath counters (packets/bytes by program and reason) as JSON.
-    Counters {
-        #[arg(long, env = "RAMA_PIN_DIR", default_value = rama_common::names::PIN_ROOT)]
+    /// What the datapath thinks, decoded from its pinned maps: endpoints, nodes,
+    /// maps, counters, mode, and trace SRC DST (what the programs would do with a
+    /// packet). Tables by default, `-o json` for scripts; an unknown map or address
+    /// exits with 2.
+    Inspect {
+        #[command(subcommand)]
+        what: Inspect,
+        #[arg(long, env = "RAMA_PIN_DIR", default_value = rama_common::names::PIN_ROOT, global = true)]
         pin_dir: PathBuf,
+        /// Output: table or json.
+        #[arg(short, long, default_value = "table", global = true)]
+        output: Output,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// The pods on this node: host interface, MAC, addresses, subnet, VLAN or VNI.
+    Endpoints,
+    /// The remote nodes (VTEPs) this node forwards to, and how many pod addresses
+    /// each holds.
+    Nodes,
+    /// One map's entries decoded (RAMA_ENDPOINTS, RAMA_EP_BY_IF, RAMA_NEIGH,
+    /// RAMA_VLANS, RAMA_VTEPS, RAMA_CONFIG, RAMA_COUNTERS), or without a name each
+    /// map with its entries and capacity.
+    Maps { name: Option<String> },
+    /// Packets and bytes per program and reason, with rates over --interval.
+    Counters {
+        /// Seconds between the two reads the rates come from (0: no rates).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+    /// The datapath the agent runs (eBPF or fallback) and why, from its status
+    /// endpoint; what is on the node when the agent cannot be reached.
+    Mode {
+        /// The agent's --metrics-addr.
+        #[arg(long, env = "RAMA_METRICS_ADDR", default_value = "127.0.0.1:9476")]
+        agent: String,
+    },
+    /// What the datapath would do with a packet from SRC (a pod this node knows)
+    /// to DST, decided from the same maps the programs read.
+    Trace { src: IpAddr, dst: IpAddr },
 }
 
 async fn shutdown_signal() {
@@ -180,7 +223,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rama-agent: {e:#}");
-            ExitCode::FAILURE
+            // Like clap's usage errors: the caller named something that is not there.
+            if matches!(e.downcast_ref(), Some(rama_agent::Error::Lookup(_))) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -276,10 +324,97 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             backend.teardown().await?;
             Ok(())
         }
-        Command::Counters { pin_dir } => {
-            let rows = ebpf::read_counters(&pin_dir)?;
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-            Ok(())
+        Command::Inspect {
+            what,
+            pin_dir,
+            output,
+        } => inspect(what, &pin_dir, output).await,
+    }
+}
+
+fn print(
+    output: Output,
+    table: impl FnOnce() -> String,
+    json: serde_json::Value,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print!("{}", table()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+    }
+    Ok(())
+}
+
+async fn inspect(what: Inspect, pin_dir: &std::path::Path, output: Output) -> anyhow::Result<()> {
+    use rama_agent::inspect::{self as i, Snapshot};
+    match what {
+        Inspect::Endpoints => {
+            let s = Snapshot::read(pin_dir)?;
+            print(
+                output,
+                || i::endpoints_table(&s),
+                serde_json::to_value(&s.local_pods)?,
+            )
+        }
+        Inspect::Nodes => {
+            let s = Snapshot::read(pin_dir)?;
+            print(
+                output,
+                || i::nodes_table(&s),
+                serde_json::to_value(s.remote_nodes())?,
+            )
+        }
+        Inspect::Maps { name: None } => {
+            let usage = ebpf::map_usage(pin_dir)?;
+            let rows: Vec<Vec<String>> = usage
+                .iter()
+                .map(|u| vec![u.map.into(), u.entries.to_string(), u.capacity.to_string()])
+                .collect();
+            print(
+                output,
+                || i::table(&["MAP", "ENTRIES", "CAPACITY"], &rows),
+                serde_json::to_value(&usage)?,
+            )
+        }
+        Inspect::Maps { name: Some(name) } => {
+            let map = i::map_name(&name)?;
+            let s = Snapshot::read(pin_dir)?;
+            let counters = ebpf::read_counters(pin_dir)?;
+            print(
+                output,
+                || i::map_table(&s, &counters, map),
+                i::map_rows(&s, &counters, map),
+            )
+        }
+        Inspect::Counters { interval } => {
+            if !(interval.is_finite() && interval >= 0.0) {
+                return Err(rama_agent::Error::Lookup(format!(
+                    "--interval {interval} is not a number of seconds"
+                ))
+                .into());
+            }
+            let before = ebpf::read_counters(pin_dir)?;
+            let (after, rates) = if interval > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(interval)).await;
+                let after = ebpf::read_counters(pin_dir)?;
+                let rates = i::rates(&before, &after, interval);
+                (after, Some(rates))
+            } else {
+                (before, None)
+            };
+            let json = match &rates {
+                Some(r) => serde_json::to_value(r)?,
+                None => serde_json::to_value(&after)?,
+            };
+            print(output, || i::counters_table(&after, rates.as_deref()), json)
+        }
+        Inspect::Mode { agent } => {
+            let mode = i::mode(&agent, pin_dir);
+            print(output, || i::mode_text(&mode), serde_json::to_value(&mode)?)
+        }
+        Inspect::Trace { src, dst } => {
+            let s = Snapshot::read(pin_dir)?;
+            let t = i::trace(&s, src, dst)?;
+            print(output, || i::trace_text(&t), serde_json::to_value(&t)?)
         }
     }
 }

@@ -172,6 +172,18 @@ pub struct PodSubnet {
     pub gateway_mac: [u8; 6],
 }
 
+impl PodSubnet {
+    /// The subnet of an address family a pod does not have.
+    pub const NONE: Self = Self {
+        id: 0,
+        flags: 0,
+        prefix: [0; 16],
+        prefix_len: 0,
+        vlan: 0,
+        gateway_mac: [0; 6],
+    };
+}
+
 /// A pod on this node, by the ifindex of its host-side veth: what it may send as
 /// (anti-spoofing) and the subnets its traffic leaves through. Value of `RAMA_EP_BY_IF`.
 #[repr(C)]

@@ -35,16 +35,6 @@ use crate::{
     state::{Fabric, LocalEndpoint, Subnet, ValidState},
 };
 
-/// The subnet of an address family a pod does not have.
-const NO_SUBNET: PodSubnet = PodSubnet {
-    id: 0,
-    flags: 0,
-    prefix: [0; 16],
-    prefix_len: 0,
-    vlan: 0,
-    gateway_mac: [0; 6],
-};
-
 /// IFLA_IFALIAS of the collect-metadata VXLAN device this backend creates.
 const VXLAN_ALIAS: &str = "rama:ebpf";
 
@@ -270,7 +260,7 @@ impl EbpfDataplane {
             id: state.subnet_id(subnet),
             prefix: network.addr,
             prefix_len: network.prefix_bits(u32::from(subnet.cidr.prefix_len())),
-            ..NO_SUBNET
+            ..PodSubnet::NONE
         };
         if let Fabric::Underlay { vlan } = subnet.fabric {
             out.vlan = vlan;
@@ -337,7 +327,7 @@ impl EbpfDataplane {
                 .subnet_of(ip)
                 .and_then(|sub| pod_subnets.get(&sub.name))
                 .copied()
-                .unwrap_or(NO_SUBNET)
+                .unwrap_or(PodSubnet::NONE)
         };
 
         // Local pods: by host ifindex (with their subnets) and by address.
@@ -350,8 +340,8 @@ impl EbpfDataplane {
                 _pad: [0; 2],
                 ipv4: [0; 4],
                 ipv6: [0; 16],
-                subnet_v4: NO_SUBNET,
-                subnet_v6: NO_SUBNET,
+                subnet_v4: PodSubnet::NONE,
+                subnet_v6: PodSubnet::NONE,
             };
             if let Some(a) = ep.ipv4 {
                 pod.flags |= flags::HAS_V4;
