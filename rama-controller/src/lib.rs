@@ -7,13 +7,15 @@
 //!   subnets, and the `networking.alibaba.com/underlay-network` node label.
 //! - [`leader`]: a `coordination.k8s.io/v1` Lease, so one replica acts at a time.
 //! - [`webhook`]: validating and mutating admission over TLS, served by every replica.
+//! - [`metrics`]: address counts, allocation latency, reconcile errors, leadership.
 //!
 //! The validating webhook's rules are [`rama_api::validate`]'s, shared with the
 //! standalone agent.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 pub mod certs;
 pub mod leader;
+pub mod metrics;
 pub mod pods;
 pub mod request;
 pub mod status;
@@ -85,6 +87,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Pods allocated concurrently.
     pub concurrency: u16,
+    /// Where the loops count what they do (served by [`metrics::serve`]).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Default for Settings {
@@ -94,6 +98,7 @@ impl Default for Settings {
             identity: hostname(),
             resync: Duration::from_secs(60),
             concurrency: 4,
+            metrics: Arc::default(),
         }
     }
 }

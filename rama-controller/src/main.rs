@@ -84,6 +84,9 @@ struct Cli {
     /// CA the API server should trust (PEM); default: the certificate itself.
     #[arg(long, env = "RAMA_TLS_CA_FILE", requires = "tls_cert_file")]
     tls_ca_file: Option<PathBuf>,
+    /// HTTP address for /metrics and /healthz ("none" to turn it off).
+    #[arg(long, env = "RAMA_METRICS_ADDR", default_value = "0.0.0.0:9477")]
+    metrics_addr: String,
 }
 
 fn split_ns_name(what: &str, value: &str) -> anyhow::Result<(String, String)> {
@@ -174,7 +177,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             CertSource::Secret { namespace, name }
         }
     };
+    let metrics_addr: Option<SocketAddr> =
+        match cli.metrics_addr.as_str() {
+            "none" => None,
+            a => Some(a.parse().with_context(|| {
+                format!("--metrics-addr {a:?} is neither HOST:PORT nor \"none\"")
+            })?),
+        };
     let client = client(cli.kubeconfig.as_ref()).await?;
+    let metrics = std::sync::Arc::new(rama_controller::metrics::Metrics::new());
+    if let Some(addr) = metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("--metrics-addr {addr}"))?;
+        tokio::spawn(rama_controller::metrics::serve(metrics.clone(), listener));
+    }
     if cli.install_crds {
         KubeStore::new(client.clone(), cli.field_manager.clone())
             .install_crds()
@@ -185,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         identity: cli.identity.clone(),
         resync: Duration::from_secs(cli.resync_seconds.max(1)),
         concurrency: cli.concurrency.max(1),
+        metrics,
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let webhook = if cli.no_webhook {

@@ -46,6 +46,7 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     pub nodes: Store<Node>,
     pub networks: Store<Network>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The pod's node, once scheduled.
@@ -168,7 +169,20 @@ pub async fn reconcile_pod(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action> {
             return Ok(Action::await_change());
         }
     };
-    match ctx.store.allocate(&req).await {
+    let started = std::time::Instant::now();
+    let allocated = ctx.store.allocate(&req).await;
+    let result = match &allocated {
+        Ok(_) => "ok",
+        Err(StoreError::Ipam(IpamError::Exhausted { .. })) => "exhausted",
+        Err(StoreError::Ipam(IpamError::AlreadyAllocated(_))) => "already_allocated",
+        Err(StoreError::Ipam(_) | StoreError::Invalid { .. }) => "refused",
+        Err(_) => "error",
+    };
+    ctx.metrics
+        .allocation_duration
+        .with_label_values(&[if req.retain { "stateful" } else { "normal" }, result])
+        .observe(started.elapsed().as_secs_f64());
+    match allocated {
         Ok(instances) => {
             let ips: Vec<String> = instances
                 .iter()
@@ -285,7 +299,16 @@ pub async fn reconcile_instance(instance: Arc<IPInstance>, ctx: Arc<Context>) ->
 }
 
 /// Both loops' error policy: log, try again soon.
-pub fn retry<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, _: Arc<Context>) -> Action {
+pub fn retry<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let loop_name = if K::kind(&()) == "Pod" {
+        "allocation"
+    } else {
+        "release"
+    };
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[loop_name, crate::metrics::reason(err)])
+        .inc();
     warn!(
         "{} {}: {err}; retrying in 5 s",
         K::kind(&()),

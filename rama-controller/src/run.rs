@@ -140,6 +140,7 @@ pub async fn run_loops(client: Client, settings: &Settings, stop: watch::Receive
         namespaces,
         nodes: nodes.clone(),
         networks: networks.clone(),
+        metrics: settings.metrics.clone(),
     });
 
     // A pod reconciled before the namespace, node and network caches have their first
@@ -197,6 +198,7 @@ pub async fn run_loops(client: Client, settings: &Settings, stop: watch::Receive
         subnets,
         nodes,
         instances,
+        metrics: settings.metrics.clone(),
     });
     let status = status
         .watches(
@@ -238,7 +240,11 @@ pub async fn run_loops(client: Client, settings: &Settings, stop: watch::Receive
     );
 }
 
-fn status_retry(network: Arc<Network>, err: &Error, _: Arc<status::Context>) -> Action {
+fn status_retry(network: Arc<Network>, err: &Error, ctx: Arc<status::Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&["status", crate::metrics::reason(err)])
+        .inc();
     warn!(
         "status of Network {}: {err}; retrying in 5 s",
         network.metadata.name.as_deref().unwrap_or("")
@@ -266,6 +272,7 @@ pub async fn run(
         info!("{} is the leader", settings.identity);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    settings.metrics.leader.set(1);
     let loops = run_loops(client, &settings, stop_rx);
     tokio::pin!(loops);
     let hold = async {
@@ -281,6 +288,8 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     loops.await;
+    settings.metrics.leader.set(0);
+    settings.metrics.clear_subnets();
     if let Some(lost) = lost {
         return Err(lost);
     }

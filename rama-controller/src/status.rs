@@ -34,6 +34,7 @@ pub struct Context {
     pub subnets: Store<Subnet>,
     pub nodes: Store<Node>,
     pub instances: Store<IPInstance>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 fn on_network(network: &Network, node: &Node) -> bool {
@@ -136,6 +137,16 @@ pub async fn reconcile_network(network: Arc<Network>, ctx: Arc<Context>) -> Resu
     }
 
     label_nodes(&ctx, &nodes).await?;
+    // Every Subnet's counts, this Network's as just written.
+    let cached = ctx.subnets.state();
+    ctx.metrics.set_subnets(
+        subnets.iter().chain(
+            cached
+                .iter()
+                .map(|s| &**s)
+                .filter(|s| s.spec.network != name),
+        ),
+    );
     Ok(Action::await_change())
 }
 

@@ -14,6 +14,24 @@ use rama_api::{Network, NetworkSpec, annotations as ann};
 use support::{WAIT, eventually, with_cluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rama-controller");
+const METRICS: &str = "127.0.0.1:19477";
+
+/// The controller's /metrics, or "" while it is not serving.
+async fn scrape_metrics() -> String {
+    tokio::task::spawn_blocking(|| {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(METRICS).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: c\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        Some(text)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
 
 /// The controller process this test started; killed if the test fails before it ends.
 struct Controller(std::process::Child);
@@ -65,6 +83,7 @@ fn help_documents_the_flags_and_bad_flags_are_named() {
     );
     refused(&["--tls-secret", "nonamespace"], "--tls-secret");
     refused(&["--tls-cert-file", "/x"], "--tls-key-file");
+    refused(&["--metrics-addr", "localhost"], "--metrics-addr");
     refused(&[], "/nonexistent/kubeconfig");
 }
 
@@ -106,6 +125,8 @@ async fn runs_allocates_and_stops_on_sigterm_giving_the_lease_up() {
                         &format!("{ns}/rama-webhook-tls"),
                         "--resync-seconds",
                         "5",
+                        "--metrics-addr",
+                        METRICS,
                     ])
                     .stderr(Stdio::null())
                     .spawn()
@@ -115,6 +136,24 @@ async fn runs_allocates_and_stops_on_sigterm_giving_the_lease_up() {
             c.create_pod(&c.pod("one", "n1", &[])).await;
             let got = c.wait_ips("one", 1).await;
             assert!(support::Cluster::ip(&got[0]).starts_with("10.236.0."));
+
+            // Its metrics: leader, the allocation timed, the subnet's counts.
+            let text = eventually("the subnet's counts in the metrics", WAIT, || async {
+                let text = scrape_metrics().await;
+                text.contains(
+                    r#"rama_subnet_ips{family="ipv4",network="ctl-binary-overlay",state="used",subnet="ctl-binary-v4"} 1"#,
+                )
+                .then_some(text)
+            })
+            .await;
+            for line in [
+                "rama_controller_leader 1",
+                r#"rama_ip_allocation_duration_seconds_count{kind="normal",result="ok"} 1"#,
+                r#"rama_subnet_ips{family="ipv4",network="ctl-binary-overlay",state="total",subnet="ctl-binary-v4"} 254"#,
+                r#"rama_network_ips{family="ipv4",network="ctl-binary-overlay",state="used"} 1"#,
+            ] {
+                assert!(text.contains(line), "missing {line}:\n{text}");
+            }
 
             // The webhook it serves is live: an invalid Network is refused.
             let bad = Network::new("ctl-binary-bad", NetworkSpec::overlay(0));

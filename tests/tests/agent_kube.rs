@@ -231,6 +231,7 @@ fn agents_in_kubernetes_mode_connect_pods_across_nodes() {
             .arg(&kubeconfig)
             .args(["--install-crds", "--no-webhook", "--leader-elect", "false"])
             .args(["--identity", &prefix, "--resync-seconds", "5"])
+            .args(["--metrics-addr", "none"])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -79,6 +79,7 @@ pub fn start_controller(client: &Client, identity: &str, lease: Option<&str>) ->
         identity: identity.into(),
         resync: Duration::from_secs(5),
         concurrency: 4,
+        ..Settings::default()
     };
     let lease = lease.map(|name| {
         let mut l = LeaseSettings::new("default", name, identity);
