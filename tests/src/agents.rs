@@ -252,7 +252,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let node = &self.nodes[i];
         let log = dir.join("agent.log");
-        let metrics: SocketAddr = "127.0.0.1:9476".parse()?;
+        let metrics = self.metrics_addr;
         let mut args: Vec<String> = vec![
             format!("--net={}", node.ns.path()),
             agent_binary().display().to_string(),

@@ -102,6 +102,9 @@ pub struct Cluster {
     pub xdp: &'static str,
     /// More `rama-agent apply` arguments (capacities…).
     pub extra_args: Vec<String>,
+    /// Where `rama-agent run` serves health and metrics inside its node (loopback by
+    /// default; a test that scrapes from elsewhere binds the node's address).
+    pub metrics_addr: std::net::SocketAddr,
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
     pub ext: Netns,
@@ -127,6 +130,7 @@ impl Cluster {
             tag,
             xdp: "auto",
             extra_args: Vec::new(),
+            metrics_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9476)),
             pods: Vec::new(),
             nodes: Vec::new(),
             ext,

@@ -13,7 +13,8 @@ pub const EBPF_TOOLCHAIN: &str = "nightly";
 
 /// Debian packages: LLVM 22 for bpf-linker (it must match the nightly's LLVM) and llc
 /// (the test router's VLAN fixture); iproute2/nftables/iputils/iperf3 for the agent's
-/// masquerade, the test harness and the benches; bpftool for inspecting.
+/// masquerade, the test harness and the benches; bpftool for inspecting; prometheus
+/// (server and promtool) for the observability tests.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "bpftool",
     "util-linux",
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
