@@ -4,7 +4,7 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `rama_datapath_packets_total`, `rama_datapath_bytes_total` | counter | program, direction, action, reason |
-//! | `rama_datapath_info` | gauge (1) | active, requested |
+//! | `rama_datapath_info` | gauge (1) | active, requested, fallback_reason |
 //! | `rama_agent_ready` | gauge | — |
 //! | `rama_cluster_state_refused` | gauge (1 while serving the last good state) | — |
 //! | `rama_local_endpoints`, `rama_remote_endpoints`, `rama_subnets` | gauge | — |
@@ -215,11 +215,17 @@ pub fn render(agent: &Agent) -> Result<String> {
     let mode = agent.mode();
     let requested = mode.requested.to_string();
     let mut families = agent.metrics().registry.gather();
+    // One series per agent: the reason is free text, but never more than one value.
+    let reason = mode.fallback_reason.clone().unwrap_or_default();
     families.push(gauge(
         "rama_datapath_info",
-        "The datapath in use (1), and what was asked for",
+        "The datapath in use (1), what was asked for, and why it fell back",
         vec![(
-            vec![("active", mode.active), ("requested", &requested)],
+            vec![
+                ("active", mode.active),
+                ("fallback_reason", &reason),
+                ("requested", &requested),
+            ],
             1.0,
         )],
     ));

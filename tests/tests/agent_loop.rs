@@ -224,6 +224,18 @@ fn fallback_nodes_through_the_full_path() {
         failures.join("\n"),
         c.agent_log(1)
     );
+    // The metrics say which datapath runs, and carry no eBPF counters.
+    let metrics = c.agent_metrics(1).expect("metrics");
+    assert!(
+        metrics.contains(
+            r#"rama_datapath_info{active="fallback",fallback_reason="",requested="fallback"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("rama_datapath_packets_total{"),
+        "{metrics}"
+    );
     // CHECK finds the fallback's route for the pod, and misses it once removed.
     let p = c.pod("oc");
     let conf = |prev: &serde_json::Value| {
