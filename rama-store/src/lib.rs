@@ -275,14 +275,20 @@ impl StandaloneStore {
         ipam_from(&networks, &subnets, &instances, cursors)
     }
 
+    /// Writes each subnet's status that differs from its file (an allocation changes
+    /// one or two; rewriting the others would cost two fsyncs each for nothing, and
+    /// a missing or stale file is still repaired).
     fn write_status(&self, ipam: &rama_ipam::Ipam, subnets: &[Subnet]) -> Result<()> {
         for s in subnets {
             let name = s.metadata.name.clone().unwrap_or_default();
             if let Some(status) = subnet_status(ipam, &name) {
-                write_atomic(
-                    &self.dir.join("status/subnets").join(format!("{name}.yaml")),
-                    &status,
-                )?;
+                let path = self.dir.join("status/subnets").join(format!("{name}.yaml"));
+                let current = std::fs::read_to_string(&path).ok();
+                let wanted = serde_yaml::to_string(&status).ok();
+                if current.is_some() && current == wanted {
+                    continue;
+                }
+                write_atomic(&path, &status)?;
             }
         }
         Ok(())
