@@ -682,6 +682,43 @@ pub fn route_destination(route: &RouteMessage) -> Option<IpNet> {
     })
 }
 
+/// A link's MTU by name, in this thread's network namespace, without RTNL: the
+/// SIOCGIFMTU ioctl is answered under RCU (net/core/dev_ioctl.c,
+/// `dev_ifsioc_locked`), while a netlink query waits for whatever holds RTNL — a TC
+/// program being attached, for one, holds it through an RCU grace period.
+pub fn link_mtu(name: &str) -> Result<u32> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid, empty request.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() {
+        return Err(Error::InterfaceNotFound(name.to_owned()));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: a datagram socket we close below; `req` is a valid, NUL-terminated
+    // ifreq that SIOCGIFMTU fills (netdevice(7)).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(Error::io(
+                "socket for SIOCGIFMTU",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        let rc = libc::ioctl(fd, libc::SIOCGIFMTU, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(match err.raw_os_error() {
+                Some(libc::ENODEV) => Error::InterfaceNotFound(name.to_owned()),
+                _ => Error::io(format!("reading the MTU of {name}"), err),
+            });
+        }
+        Ok(u32::try_from(req.ifr_ifru.ifru_mtu).unwrap_or(0))
+    }
+}
+
 /// Writes a sysctl under /proc/sys (e.g. `net/ipv4/ip_forward`) if it differs.
 pub fn sysctl(path: &str, value: &str) -> Result<()> {
     let full = format!("/proc/sys/{path}");

@@ -106,15 +106,16 @@ where
     .map_err(|e| Error::io("the pod-namespace thread", std::io::Error::other(e)))?
 }
 
-/// Creates and configures the interface; on failure removes what it created.
-pub async fn create(nl: &Netlink, pod: &PodInterface) -> Result<Plumbed> {
+/// Creates the veth pair, the peer straight in the pod's namespace (moving a device
+/// between namespaces afterwards costs an RCU grace period, creating it there does
+/// not), both ends down and unaddressed. A host side left by an ADD the agent did
+/// not finish (it died) is replaced.
+pub async fn create_link(nl: &Netlink, pod: &PodInterface) -> Result<Link> {
     let ns = open_netns(&pod.netns)?;
-    // A host side left by an ADD the agent did not finish (it died): ours to replace.
     if let Some(stale) = nl.link(&pod.host_name).await? {
         nl.delete_link(stale.index).await?;
     }
-    let host = nl
-        .create_veth(&pod.host_name, &pod.ifname, ns.as_raw_fd(), pod.mtu)
+    nl.create_veth(&pod.host_name, &pod.ifname, ns.as_raw_fd(), pod.mtu)
         .await
         .map_err(|e| match e {
             Error::Netlink { source, .. } if source.to_string().contains("File exists") => {
@@ -125,11 +126,25 @@ pub async fn create(nl: &Netlink, pod: &PodInterface) -> Result<Plumbed> {
                 ))
             }
             other => other,
-        })?;
-    let (ifname, ipv4, ipv6) = (pod.ifname.clone(), pod.ipv4, pod.ipv6);
-    let configured = in_netns(ns, pod.netns.clone(), move || async move {
-        configure_pod_side(&ifname, ipv4, ipv6).await
-    })
+        })
+}
+
+/// Gives `host` (from [`create_link`]) and its peer `pod`'s MTU, configures the pod
+/// side from inside its namespace, and brings the host side up; on failure deletes
+/// the pair.
+pub async fn configure(nl: &Netlink, mut host: Link, pod: &PodInterface) -> Result<Plumbed> {
+    let ns = open_netns(&pod.netns)?;
+    let (ifname, ipv4, ipv6, mtu) = (pod.ifname.clone(), pod.ipv4, pod.ipv6, pod.mtu);
+    let configured = async {
+        if host.mtu != mtu {
+            nl.set_mtu(host.index, mtu).await?;
+            host.mtu = mtu;
+        }
+        in_netns(ns, pod.netns.clone(), move || async move {
+            configure_pod_side(&ifname, mtu, ipv4, ipv6).await
+        })
+        .await
+    }
     .await;
     match configured {
         Ok(pod_mac) => {
@@ -146,11 +161,15 @@ pub async fn create(nl: &Netlink, pod: &PodInterface) -> Result<Plumbed> {
 
 async fn configure_pod_side(
     ifname: &str,
+    mtu: u32,
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
 ) -> Result<MacAddr> {
     let nl = Netlink::connect()?;
     let link = nl.require_link(ifname).await?;
+    if link.mtu != mtu {
+        nl.set_mtu(link.index, mtu).await?;
+    }
     if let Some(lo) = nl.link("lo").await? {
         nl.set_up(lo.index).await?;
     }

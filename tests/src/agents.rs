@@ -571,6 +571,8 @@ pub struct Holdings {
     pub records: usize,
     pub local_routes: usize,
     pub map_entries: Option<usize>,
+    /// Pinned links of the pod program (eBPF): one per pod interface.
+    pub pod_links: Vec<String>,
     pub allocations: Vec<String>,
 }
 
@@ -642,6 +644,11 @@ impl Cluster {
             records,
             local_routes,
             map_entries,
+            pod_links: self
+                .pinned_links(i)
+                .into_iter()
+                .filter(|l| l.starts_with(&format!("{}@", rama_common::names::PROG_POD_EGRESS)))
+                .collect(),
             allocations: self.allocations(i),
         }
     }

@@ -56,6 +56,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// RFC 7348 §5), over IPv6 70.
 const VXLAN_OVERHEAD_V4: u32 = 50;
 const VXLAN_OVERHEAD_V6: u32 = 70;
+/// A new veth's MTU until the pod's is known (set before the pod side comes up).
+const UNCONFIGURED_MTU: u32 = 1500;
 
 /// Binds the socket: its directory 0700, the socket 0600, a stale one replaced.
 pub fn listen(path: &Path) -> Result<UnixListener> {
@@ -188,7 +190,7 @@ impl Agent {
     }
 
     /// Decodes and runs one request.
-    pub async fn answer(&self, body: &[u8]) -> Response {
+    pub async fn answer(self: &Arc<Self>, body: &[u8]) -> Response {
         let request: Request = match serde_json::from_slice(body) {
             Ok(r) => r,
             Err(e) => {
@@ -235,7 +237,7 @@ impl Agent {
         }
     }
 
-    pub async fn call(&self, call: Call) -> Result<Reply> {
+    pub async fn call(self: &Arc<Self>, call: Call) -> Result<Reply> {
         match call {
             Call::Add { attachment } => self.add(&attachment).await.map(Reply::Attached),
             Call::Del { attachment } => self.del(&attachment).await.map(|()| Reply::Done),
@@ -260,7 +262,7 @@ impl Agent {
 
     // ---- ADD -------------------------------------------------------------------
 
-    async fn add(&self, a: &Attachment) -> Result<AttachResult> {
+    async fn add(self: &Arc<Self>, a: &Attachment) -> Result<AttachResult> {
         let _shared = self.gc_lock.read().await;
         let pod = pod_of(a);
         let _pod = self.lock_pod(&pod.namespace, &pod.name).await;
@@ -333,7 +335,53 @@ impl Agent {
         }
     }
 
-    async fn add_steps(&self, a: &Attachment, record: &mut EndpointRecord) -> Result<AttachResult> {
+    async fn add_steps(
+        self: &Arc<Self>,
+        a: &Attachment,
+        record: &mut EndpointRecord,
+    ) -> Result<AttachResult> {
+        // The veth pair first, so that readying its host side in the datapath (eBPF:
+        // the pod program's attach, which waits for an RCU grace period in the
+        // kernel) runs while the addresses are allocated, not after. Until the sync
+        // puts the pod in the maps, the program drops whatever the pod sends.
+        let mut pod = PodInterface {
+            netns: record.netns.clone().unwrap_or_default().into(),
+            ifname: record.ifname.clone(),
+            host_name: record.host_interface.clone(),
+            mtu: UNCONFIGURED_MTU,
+            ipv4: None,
+            ipv6: None,
+        };
+        let host = plumbing::create_link(&self.nl, &pod).await?;
+        // A task of its own: the attach blocks its thread for the whole wait.
+        let prepare = {
+            let (agent, name) = (Arc::clone(self), host.name.clone());
+            tokio::spawn(async move { agent.backend.lock().await.prepare_interface(&name).await })
+        };
+        let addressed = self.address(a, record).await;
+        let prepared = prepare.await.unwrap_or_else(|e| {
+            Err(Error::io(
+                format!("readying {}", host.name),
+                std::io::Error::other(e),
+            ))
+        });
+        let result = match (prepared, addressed) {
+            (Ok(()), Ok(())) => {
+                pod.mtu = record.mtu;
+                pod.ipv4 = record.ipv4;
+                pod.ipv6 = record.ipv6;
+                self.configure_and_sync(record, host.clone(), &pod).await
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        // Now in the state (or failed and undone): the applies decide about it.
+        self.backend.lock().await.forget_interface(&host.name);
+        result
+    }
+
+    /// The pod's addresses and MTU into its record (written before anything uses
+    /// them, so a crash from here on releases them at the next start).
+    async fn address(&self, a: &Attachment, record: &mut EndpointRecord) -> Result<()> {
         let instances = self.addresses_for(a, record).await?;
         for i in &instances {
             match instance_ip(i) {
@@ -348,20 +396,18 @@ impl Agent {
             }
         }
         record.mtu = self.mtu_for(&instances).await?;
-        self.endpoints.put(record)?;
+        self.endpoints.put(record)
+    }
 
-        let plumbed = plumbing::create(
-            &self.nl,
-            &PodInterface {
-                netns: record.netns.clone().unwrap_or_default().into(),
-                ifname: record.ifname.clone(),
-                host_name: record.host_interface.clone(),
-                mtu: record.mtu,
-                ipv4: record.ipv4,
-                ipv6: record.ipv6,
-            },
-        )
-        .await?;
+    /// Addresses and routes in the pod, the record ready, the sync that programs the
+    /// pod, and the check that it did.
+    async fn configure_and_sync(
+        &self,
+        record: &mut EndpointRecord,
+        host: crate::net::Link,
+        pod: &PodInterface,
+    ) -> Result<AttachResult> {
+        let plumbed = plumbing::configure(&self.nl, host, pod).await?;
         record.pod_mac = Some(plumbed.pod_mac);
         let result = attach_result(record, plumbed.host.mac, plumbed.pod_mac);
         record.result = Some(result.clone());
@@ -485,9 +531,12 @@ impl Agent {
     }
 
     /// Overlay pods get the uplink's MTU less the VXLAN overhead; underlay pods the
-    /// uplink's.
+    /// uplink's (read without RTNL: this runs while the pod program is attached).
     async fn mtu_for(&self, instances: &[IPInstance]) -> Result<u32> {
-        let uplink = self.nl.require_link(&self.node.uplink).await?;
+        let uplink_mtu = crate::net::link_mtu(&self.node.uplink).map_err(|e| match e {
+            Error::InterfaceNotFound(name) => Error::UplinkNotFound(name),
+            other => other,
+        })?;
         let snapshot = self.last_good.lock().expect("snapshot lock").clone();
         let overlay = instances.iter().any(|i| {
             snapshot.as_ref().is_some_and(|s| {
@@ -503,9 +552,9 @@ impl Agent {
             VXLAN_OVERHEAD_V6
         };
         Ok(if overlay {
-            uplink.mtu.saturating_sub(overhead)
+            uplink_mtu.saturating_sub(overhead)
         } else {
-            uplink.mtu
+            uplink_mtu
         })
     }
 

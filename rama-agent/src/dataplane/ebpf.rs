@@ -80,6 +80,8 @@ pub struct EbpfDataplane {
     capacity: Capacity,
     /// Links this process pinned, by pin file name.
     attached: HashSet<String>,
+    /// Pod interfaces readied ahead of their endpoint: name → pinned link name.
+    prepared: HashMap<String, String>,
     nl: Option<Netlink>,
     xdp: XdpPolicy,
     masquerade: super::Written<String>,
@@ -164,6 +166,7 @@ impl EbpfDataplane {
             pin_dir,
             capacity: cap,
             attached: HashSet::new(),
+            prepared: HashMap::new(),
             nl: None,
             xdp: config.xdp,
             masquerade: Default::default(),
@@ -522,7 +525,8 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// Releases pinned links of interfaces that are no longer Rama's to serve.
+    /// Releases pinned links of interfaces that are no longer Rama's to serve (those
+    /// being prepared are).
     fn release_stale_links(&mut self, wanted: &HashSet<String>) {
         let dir = self.pin_dir.join("links");
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -530,7 +534,7 @@ impl EbpfDataplane {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !wanted.contains(&name) {
+            if !wanted.contains(&name) && !self.prepared.values().any(|s| *s == name) {
                 release_pinned(&entry.path());
                 self.attached.remove(&name);
             }
@@ -903,8 +907,23 @@ impl Dataplane for EbpfDataplane {
         Ok(())
     }
 
+    async fn prepare_interface(&mut self, ifname: &str) -> Result<()> {
+        let link = self.netlink()?.require_link(ifname).await?;
+        self.attach_tc(names::PROG_POD_EGRESS, ifname, link.index)?;
+        self.prepared.insert(
+            ifname.to_owned(),
+            format!("{}@{}", names::PROG_POD_EGRESS, link.index),
+        );
+        Ok(())
+    }
+
+    fn forget_interface(&mut self, ifname: &str) {
+        self.prepared.remove(ifname);
+    }
+
     async fn teardown(&mut self) -> Result<()> {
         let mut errors = Vec::new();
+        self.prepared.clear();
         self.vlans.forget();
         self.release_stale_links(&HashSet::new());
         match self.netlink() {

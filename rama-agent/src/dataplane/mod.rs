@@ -123,6 +123,16 @@ pub trait Dataplane {
     /// Whether `ep` is programmed as the last apply asked (CNI CHECK): an
     /// [`Error::CheckFailed`](crate::Error::CheckFailed) saying what is missing if not.
     async fn check_endpoint(&mut self, ep: &LocalEndpoint) -> Result<()>;
+    /// Readies a new pod's host interface before its endpoint is in a state (eBPF:
+    /// attaches the pod program, which waits for an RCU grace period in the kernel —
+    /// `synchronize_rcu` in tcx attach, 10–25 ms here — so ADD runs it while the
+    /// addresses are allocated), and keeps it through applies until
+    /// [`Dataplane::forget_interface`].
+    async fn prepare_interface(&mut self, _ifname: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The interface is in the state now (or gone): applies decide about it.
+    fn forget_interface(&mut self, _ifname: &str) {}
 }
 
 /// Settings of the datapath backends.
@@ -226,6 +236,22 @@ impl Dataplane for Backend {
             Backend::Ebpf(b) => b.check_endpoint(ep).await,
             Backend::Fallback(b) => b.check_endpoint(ep).await,
             Backend::Fake(b) => b.check_endpoint(ep).await,
+        }
+    }
+
+    async fn prepare_interface(&mut self, ifname: &str) -> Result<()> {
+        match self {
+            Backend::Ebpf(b) => b.prepare_interface(ifname).await,
+            Backend::Fallback(b) => b.prepare_interface(ifname).await,
+            Backend::Fake(b) => b.prepare_interface(ifname).await,
+        }
+    }
+
+    fn forget_interface(&mut self, ifname: &str) {
+        match self {
+            Backend::Ebpf(b) => b.forget_interface(ifname),
+            Backend::Fallback(b) => b.forget_interface(ifname),
+            Backend::Fake(b) => b.forget_interface(ifname),
         }
     }
 }
