@@ -1,9 +1,10 @@
 //! A pod's interface: a veth pair whose host side (`rama…`) stays on the node and
 //! whose peer is created directly in the pod's network namespace under the name the
 //! runtime asked for (`CNI_IFNAME`), then configured from inside that namespace:
-//! the pod's addresses as /32 and /128, and default routes via the link-local gateway
-//! that every host-side veth owns (169.254.1.1 and fe80::1, answered by the node's
-//! kernel; see [`crate::dataplane::host`]).
+//! the pod's addresses as /32 and /128 ([`configure`]) and — once the datapath knows
+//! the pod — the interface up with default routes via the link-local gateway that
+//! every host-side veth owns (169.254.1.1 and fe80::1, answered by the node's
+//! kernel; see [`crate::dataplane::host`]) ([`start`]).
 //!
 //! Work inside the pod's namespace runs on a thread of its own that has entered it
 //! with setns(2): netlink sockets and /proc/sys/net belong to the namespace of the
@@ -129,9 +130,11 @@ pub async fn create_link(nl: &Netlink, pod: &PodInterface) -> Result<Link> {
         })
 }
 
-/// Gives `host` (from [`create_link`]) and its peer `pod`'s MTU, configures the pod
-/// side from inside its namespace, and brings the host side up; on failure deletes
-/// the pair.
+/// Gives `host` (from [`create_link`]) and its peer `pod`'s MTU, puts the pod's
+/// addresses on the pod side (still down) from inside its namespace, and brings the
+/// host side up; on failure deletes the pair. [`start`] brings the pod side up once
+/// the datapath knows the pod, so its first packets (IPv6 router solicitations,
+/// MLD reports) are not dropped as coming from an unknown interface.
 pub async fn configure(nl: &Netlink, mut host: Link, pod: &PodInterface) -> Result<Plumbed> {
     let ns = open_netns(&pod.netns)?;
     let (ifname, ipv4, ipv6, mtu) = (pod.ifname.clone(), pod.ipv4, pod.ipv6, pod.mtu);
@@ -141,7 +144,7 @@ pub async fn configure(nl: &Netlink, mut host: Link, pod: &PodInterface) -> Resu
             host.mtu = mtu;
         }
         in_netns(ns, pod.netns.clone(), move || async move {
-            configure_pod_side(&ifname, mtu, ipv4, ipv6).await
+            address_pod_side(&ifname, mtu, ipv4, ipv6).await
         })
         .await
     }
@@ -159,7 +162,7 @@ pub async fn configure(nl: &Netlink, mut host: Link, pod: &PodInterface) -> Resu
     }
 }
 
-async fn configure_pod_side(
+async fn address_pod_side(
     ifname: &str,
     mtu: u32,
     ipv4: Option<Ipv4Addr>,
@@ -186,8 +189,25 @@ async fn configure_pod_side(
     if let Some(a) = ipv6 {
         nl.ensure_address(link.index, IpAddr::V6(a), 128).await?;
     }
+    Ok(link.mac)
+}
+
+/// Brings the pod side of `pod` up with its default routes via the link-local
+/// gateway (after [`configure`] and the sync that programs the pod).
+pub async fn start(pod: &PodInterface) -> Result<()> {
+    let ns = open_netns(&pod.netns)?;
+    let (ifname, ipv4, ipv6) = (pod.ifname.clone(), pod.ipv4, pod.ipv6);
+    in_netns(ns, pod.netns.clone(), move || async move {
+        start_pod_side(&ifname, ipv4.is_some(), ipv6.is_some()).await
+    })
+    .await
+}
+
+async fn start_pod_side(ifname: &str, ipv4: bool, ipv6: bool) -> Result<()> {
+    let nl = Netlink::connect()?;
+    let link = nl.require_link(ifname).await?;
     nl.set_up(link.index).await?;
-    if ipv4.is_some() {
+    if ipv4 {
         nl.replace_route(IpNet::from(gateway_v4()), link.index, None, MAIN_TABLE)
             .await?;
         nl.replace_route(
@@ -198,7 +218,7 @@ async fn configure_pod_side(
         )
         .await?;
     }
-    if ipv6.is_some() {
+    if ipv6 {
         nl.replace_route(
             "::/0".parse().expect("literal"),
             link.index,
@@ -207,7 +227,7 @@ async fn configure_pod_side(
         )
         .await?;
     }
-    Ok(link.mac)
+    Ok(())
 }
 
 /// Reads the pod side of an attachment (CHECK).

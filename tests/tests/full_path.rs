@@ -60,6 +60,17 @@ fn ebpf_full_path_matrix() {
             c.describe()
         );
     }
+    // A pod's interface comes up only once the datapath knows the pod: nothing it
+    // sent (router solicitations, MLD reports) was dropped as from an unknown one.
+    for node in 0..2 {
+        assert_eq!(
+            c.count(node, "pod_egress", "no_endpoint"),
+            0,
+            "node {}: packets from pods not yet in the datapath\n{}",
+            node + 1,
+            c.describe()
+        );
+    }
 }
 
 #[test]

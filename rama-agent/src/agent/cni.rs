@@ -399,8 +399,8 @@ impl Agent {
         self.endpoints.put(record)
     }
 
-    /// Addresses and routes in the pod, the record ready, the sync that programs the
-    /// pod, and the check that it did.
+    /// Addresses in the pod, the record ready, the sync that programs the pod, then
+    /// the pod's interface up with its routes, and the check.
     async fn configure_and_sync(
         &self,
         record: &mut EndpointRecord,
@@ -415,6 +415,7 @@ impl Agent {
         self.endpoints.put(record)?;
 
         self.sync().await.map_err(Error::Sync)?;
+        plumbing::start(pod).await?;
         let endpoint = local_endpoint(record, plumbed.pod_mac);
         self.backend.lock().await.check_endpoint(&endpoint).await?;
         Ok(result)
