@@ -4,7 +4,7 @@
 //!
 //! | verb | what the agent does |
 //! |---|---|
-//! | ADD | record (pending) → addresses (standalone: allocate; Kubernetes: wait for the controller's IPInstances) → veth → record (ready) → sync → check |
+//! | ADD | record (pending) → veth pair, its host side readied in the datapath (eBPF: the pod program attached) while the addresses come (standalone: allocate; Kubernetes: wait for the controller's IPInstances) → addresses in the pod → record (ready) → sync → pod interface up with its routes → check |
 //! | DEL | veth, addresses (if allocated here), record; idempotent |
 //! | CHECK | record, veth, pod side (MAC, addresses), datapath entry |
 //! | STATUS | ready unless unsynced or serving a refused cluster state |
