@@ -348,6 +348,7 @@ fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
     c.write_cluster_state().expect("state");
     c.start_agent(0, &[]).expect("agent");
     let started = Instant::now();
+    c.add_cni_pod(0, "t", PodNet::Overlay).expect("pod");
     let wait_for = |want: &[u16], within: Duration, what: &str| {
         let deadline = Instant::now() + within;
         loop {
@@ -389,9 +390,31 @@ fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
         "after removing VLAN 300",
     );
     // Entries changed behind the agent's back are put right by the first sync after
-    // the full pass is due (any change triggers one; so does the periodic resync).
+    // the full pass is due (any change triggers one; so does the periodic resync):
+    // the served VLANs, a pod's host side (its route, the gateway address), and
+    // policy routing of the fallback's kind (protocol 82: Rama's), which the eBPF
+    // datapath removes.
     c.set_served_vlan(0, 100, 0);
     c.set_served_vlan(0, 42, 1);
+    let (pod_ip, host_if) = (c.pod("t").ipv4.to_string(), c.pod("t").host_if.clone());
+    let node = &c.nodes[0].ns;
+    node.ip(&["route", "del", &format!("{pod_ip}/32"), "table", "39999"])
+        .expect("remove the pod's route");
+    node.ip(&["addr", "del", "169.254.1.1/32", "dev", &host_if])
+        .expect("remove the gateway address");
+    node.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.99.0.0/24",
+        "lookup",
+        "40000",
+        "priority",
+        "19100",
+        "proto",
+        "82",
+    ])
+    .expect("a fallback-style rule");
     std::thread::sleep(Duration::from_secs(11).saturating_sub(started.elapsed()));
     std::fs::write(
         c.state_dir().join("subnets/overlay-c.yaml"),
@@ -399,4 +422,26 @@ fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
     )
     .expect("subnet");
     wait_for(&[100, 200], Duration::from_secs(5), "after tampering");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let route = node
+            .ip(&["route", "show", "table", "39999"])
+            .unwrap_or_default();
+        let addrs = node
+            .ip(&["addr", "show", "dev", &host_if])
+            .unwrap_or_default();
+        let rules = node.ip(&["rule", "show"]).unwrap_or_default();
+        let repaired = route.contains(&pod_ip)
+            && addrs.contains("169.254.1.1")
+            && !rules.contains("10.99.0.0/24");
+        if repaired {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host state not repaired:\n{route}\n{addrs}\n{rules}\n{}",
+            c.agent_log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

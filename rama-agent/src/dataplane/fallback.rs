@@ -31,7 +31,7 @@ pub struct FallbackDataplane {
     /// The eBPF backend's pins for this node: released on apply, so a node switched
     /// from eBPF to fallback stops running the programs.
     ebpf_pin_dir: std::path::PathBuf,
-    masquerade: super::Written<String>,
+    host: host::HostWritten,
 }
 
 impl FallbackDataplane {
@@ -39,7 +39,7 @@ impl FallbackDataplane {
         Ok(Self {
             nl: None,
             ebpf_pin_dir: ebpf_pin_dir.to_owned(),
-            masquerade: Default::default(),
+            host: Default::default(),
         })
     }
 
@@ -145,7 +145,7 @@ impl Dataplane for FallbackDataplane {
                 vlan_links.push((subnet, link));
             }
         }
-        host::apply(&nl, state, &links, &mut self.masquerade).await?;
+        host::apply(&nl, state, &links, &mut self.host).await?;
 
         let mut wanted_routes: HashSet<(u32, IpNet)> = HashSet::new();
         let mut wanted_rules: HashSet<RuleSpec> = host::local_rules().into_iter().collect();
@@ -314,7 +314,7 @@ impl Dataplane for FallbackDataplane {
         let nl = self.netlink()?;
         let mut errors = Vec::new();
         host::teardown(&nl, &mut errors).await;
-        self.masquerade.forget();
+        self.host.forget();
         remove_policy_routing(&nl, &mut errors, true).await;
         if let Err(e) = super::ebpf::release_pins(&self.ebpf_pin_dir) {
             errors.push(e);
