@@ -146,6 +146,7 @@ enum Command {
     Inspect {
         #[command(subcommand)]
         what: Inspect,
+        /// Where the node's eBPF datapath pinned its maps (the agent's --pin-dir).
         #[arg(long, env = "RAMA_PIN_DIR", default_value = rama_common::names::PIN_ROOT, global = true)]
         pin_dir: PathBuf,
         /// Output: table or json.
@@ -168,8 +169,8 @@ enum Inspect {
     /// each holds.
     Nodes,
     /// One map's entries decoded (RAMA_ENDPOINTS, RAMA_EP_BY_IF, RAMA_NEIGH,
-    /// RAMA_VLANS, RAMA_VTEPS, RAMA_CONFIG, RAMA_COUNTERS), or without a name each
-    /// map with its entries and capacity.
+    /// RAMA_VLANS, RAMA_VTEPS, RAMA_CONFIG, RAMA_COUNTERS), or without a name the
+    /// maps that grow with the cluster, with their entries and capacity.
     Maps { name: Option<String> },
     /// Packets and bytes per program and reason, with rates over --interval.
     Counters {
