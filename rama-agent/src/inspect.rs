@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::{
     Error, Result,
-    dataplane::ebpf::{CounterRow, versioned_pin_dir},
+    dataplane::ebpf::{CounterRow, pinned_map, versioned_pin_dir},
     state::MacAddr,
 };
 
@@ -320,18 +320,7 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
 }
 
 fn open_pinned(pin_root: &Path, name: &'static str) -> Result<Map> {
-    let path = versioned_pin_dir(pin_root).join("maps").join(name);
-    let data = MapData::from_pin(&path).map_err(|e| {
-        Error::ebpf(
-            format!(
-                "opening {} (is the eBPF datapath running on this node, with --pin-dir {}?)",
-                path.display(),
-                pin_root.display()
-            ),
-            e,
-        )
-    })?;
-    Map::from_map_data(data).map_err(|e| Error::ebpf(name, e))
+    Map::from_map_data(pinned_map(pin_root, name)?).map_err(|e| Error::ebpf(name, e))
 }
 
 fn read_hash<K: aya::Pod, V: aya::Pod>(pin_root: &Path, name: &'static str) -> Result<Vec<(K, V)>> {

@@ -530,8 +530,7 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// Releases pinned links of interfaces that are no longer Rama's to serve (those
-    /// being prepared are).
+    /// Releases pinned links of interfaces that are no longer Rama's to serve.
     fn release_stale_links(&mut self, wanted: &HashSet<String>) {
         let dir = self.pin_dir.join("links");
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -539,7 +538,7 @@ impl EbpfDataplane {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !wanted.contains(&name) && !self.prepared.values().any(|s| *s == name) {
+            if !wanted.contains(&name) {
                 release_pinned(&entry.path());
                 self.attached.remove(&name);
             }
@@ -847,6 +846,8 @@ impl Dataplane for EbpfDataplane {
             gateway_notes = self.sync_maps(state, &links, vxlan)?;
         }
         report.notes.extend(gateway_notes);
+        // Interfaces readied for an ADD in flight are not in the state yet.
+        wanted.extend(self.prepared.values().cloned());
         self.release_stale_links(&wanted);
         Ok(report)
     }
@@ -969,10 +970,24 @@ pub struct MapUsage {
     pub capacity: u32,
 }
 
+/// A node's pinned map `name`, for reading without loading any program (metrics,
+/// `inspect`).
+pub fn pinned_map(pin_root: &Path, name: &str) -> Result<MapData> {
+    let path = versioned_pin_dir(pin_root).join("maps").join(name);
+    MapData::from_pin(&path).map_err(|e| {
+        Error::ebpf(
+            format!(
+                "opening {} (is the eBPF datapath running on this node, with --pin-dir {}?)",
+                path.display(),
+                pin_root.display()
+            ),
+            e,
+        )
+    })
+}
+
 fn count_entries<K: aya::Pod, V: aya::Pod>(pin_root: &Path, map: &'static str) -> Result<MapUsage> {
-    let path = versioned_pin_dir(pin_root).join("maps").join(map);
-    let data = MapData::from_pin(&path)
-        .map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+    let data = pinned_map(pin_root, map)?;
     let capacity = data
         .info()
         .map_err(|e| Error::ebpf(format!("reading {map}'s info"), e))?
@@ -1013,11 +1028,7 @@ pub struct CounterRow {
 
 /// Reads the pinned counters of a node (no programs need to be loaded).
 pub fn read_counters(pin_root: &Path) -> Result<Vec<CounterRow>> {
-    let path = versioned_pin_dir(pin_root)
-        .join("maps")
-        .join(names::MAP_COUNTERS);
-    let data = MapData::from_pin(&path)
-        .map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+    let data = pinned_map(pin_root, names::MAP_COUNTERS)?;
     let map = Map::from_map_data(data).map_err(|e| Error::ebpf("RAMA_COUNTERS", e))?;
     let counters: PerCpuArray<_, Counter> =
         PerCpuArray::try_from(map).map_err(|e| Error::ebpf("RAMA_COUNTERS", e))?;
