@@ -125,6 +125,13 @@ impl Metrics {
         *self.subnets.lock().expect("metrics lock") = rows;
     }
 
+    /// Counts a failed reconcile of `loop_name` (an error policy calls it).
+    pub fn reconcile_failed(&self, loop_name: &str, err: &crate::Error) {
+        self.reconcile_errors
+            .with_label_values(&[loop_name, reason(err)])
+            .inc();
+    }
+
     /// Forgets the address counts (this replica stopped leading).
     pub fn clear_subnets(&self) {
         self.subnets.lock().expect("metrics lock").clear();
@@ -223,7 +230,7 @@ fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
 }
 
 /// A short label for an error (`rama_controller_reconcile_errors_total{reason}`).
-pub fn reason(e: &crate::Error) -> &'static str {
+fn reason(e: &crate::Error) -> &'static str {
     use crate::Error;
     match e {
         Error::Kube { source, .. } => match source {
@@ -315,6 +322,7 @@ mod tests {
         m.reconcile_errors
             .with_label_values(&["allocation", "conflict"])
             .inc();
+        m.reconcile_failed("status", &crate::Error::Stopped("the pod cache"));
         m.leader.set(1);
         let text = m.render();
         for line in [
@@ -322,6 +330,7 @@ mod tests {
             r#"rama_network_ips{family="ipv4",network="net1",state="used"} 30"#,
             r#"rama_network_ips{family="ipv4",network="net1",state="available"} 478"#,
             r#"rama_controller_reconcile_errors_total{loop="allocation",reason="conflict"} 1"#,
+            r#"rama_controller_reconcile_errors_total{loop="status",reason="stopped"} 1"#,
             "rama_controller_leader 1",
             r#"rama_ip_allocation_duration_seconds_count{kind="normal",result="ok"} 1"#,
         ] {

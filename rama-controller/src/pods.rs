@@ -305,10 +305,7 @@ pub fn retry<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Arc<C
     } else {
         "release"
     };
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[loop_name, crate::metrics::reason(err)])
-        .inc();
+    ctx.metrics.reconcile_failed(loop_name, err);
     warn!(
         "{} {}: {err}; retrying in 5 s",
         K::kind(&()),

@@ -241,10 +241,7 @@ pub async fn run_loops(client: Client, settings: &Settings, stop: watch::Receive
 }
 
 fn status_retry(network: Arc<Network>, err: &Error, ctx: Arc<status::Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&["status", crate::metrics::reason(err)])
-        .inc();
+    ctx.metrics.reconcile_failed("status", err);
     warn!(
         "status of Network {}: {err}; retrying in 5 s",
         network.metadata.name.as_deref().unwrap_or("")
