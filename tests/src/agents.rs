@@ -383,19 +383,7 @@ impl Cluster {
             .as_ref()
             .context("no agent running on that node")?
             .metrics;
-        self.nodes[i]
-            .ns
-            .run_in(move || -> Result<String> {
-                use std::io::Read as _;
-                let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-                conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
-                let mut text = String::new();
-                conn.read_to_string(&mut text)?;
-                Ok(text)
-            })?
-            .join()
-            .map_err(|_| anyhow::anyhow!("metrics scrape thread panicked"))?
+        self.nodes[i].ns.http_get(addr, "/metrics")
     }
 
     /// The agent's count of CNI requests of `verb` that ended in `result` on node `i`.

@@ -68,6 +68,19 @@ pub fn signal_and_wait(child: &mut std::process::Child, signal: i32, timeout: Du
     false
 }
 
+/// Polls `check` every 100 ms until it passes; panics with its last complaint once
+/// `within` has gone by.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(why) if Instant::now() >= deadline => panic!("after {within:?}: {why}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
 /// Stops a child this harness started: SIGTERM, then SIGKILL after `grace`.
 pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
     if !signal_and_wait(child, libc::SIGTERM, grace) {

@@ -76,6 +76,31 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// `GET path` over HTTP/1.0 to `addr` inside this namespace: the whole response
+    /// (status line, headers, body).
+    pub fn http_get(&self, addr: std::net::SocketAddr, path: &str) -> Result<String> {
+        let path = path.to_owned();
+        self.run_in(move || http_get(addr, &path))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("HTTP GET thread panicked"))?
+            .map_err(Into::into)
+    }
+}
+
+/// `GET path` over HTTP/1.0 to `addr` from this thread's namespace: the whole
+/// response (status line, headers, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut conn = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -350,19 +350,16 @@ fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
     let started = Instant::now();
     c.add_cni_pod(0, "t", PodNet::Overlay).expect("pod");
     let wait_for = |want: &[u16], within: Duration, what: &str| {
-        let deadline = Instant::now() + within;
-        loop {
+        rama_tests::wait_until(within, || {
             let served = c.served_vlans(0);
             if served == want {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "{what}: RAMA_VLANS serves {served:?}, not {want:?}\n{}",
                 c.agent_log(0)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            ))
+        })
     };
     wait_for(&[100, 200], Duration::from_secs(5), "at start");
     // A VLAN added while running is served within a sync or two: written on its own,
@@ -422,8 +419,7 @@ fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
     )
     .expect("subnet");
     wait_for(&[100, 200], Duration::from_secs(5), "after tampering");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
+    rama_tests::wait_until(Duration::from_secs(5), || {
         let route = node
             .ip(&["route", "show", "table", "39999"])
             .unwrap_or_default();
@@ -431,17 +427,15 @@ fn the_served_vlans_follow_the_subnets_and_tampering_is_repaired() {
             .ip(&["addr", "show", "dev", &host_if])
             .unwrap_or_default();
         let rules = node.ip(&["rule", "show"]).unwrap_or_default();
-        let repaired = route.contains(&pod_ip)
+        if route.contains(&pod_ip)
             && addrs.contains("169.254.1.1")
-            && !rules.contains("10.99.0.0/24");
-        if repaired {
-            break;
+            && !rules.contains("10.99.0.0/24")
+        {
+            return Ok(());
         }
-        assert!(
-            Instant::now() < deadline,
+        Err(format!(
             "host state not repaired:\n{route}\n{addrs}\n{rules}\n{}",
             c.agent_log(0)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        ))
+    });
 }

@@ -4,7 +4,6 @@
 //! that server; the alert rules pass `promtool`; `rama-agent inspect` answers from a
 //! live node; scrapes during map replacement answer or fail cleanly.
 use std::{
-    io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -16,7 +15,7 @@ use rama_tests::{
     agent_binary,
     cluster::{Cluster, PodNet},
     frames,
-    netns::Netns,
+    netns::{Netns, http_get},
     require_root,
 };
 use serde_json::Value;
@@ -67,15 +66,15 @@ fn alert_rules_pass_promtool_and_fire_on_their_series() {
 }
 
 /// A Prometheus server in a namespace, stopped (by PID) on drop.
-struct Prometheus {
+struct Prometheus<'a> {
     child: Child,
-    ns_path: String,
+    ns: &'a Netns,
     addr: SocketAddr,
     log: PathBuf,
 }
 
-impl Prometheus {
-    fn start(ns: &Netns, dir: &Path, targets: &[SocketAddr]) -> Self {
+impl<'a> Prometheus<'a> {
+    fn start(ns: &'a Netns, dir: &Path, targets: &[SocketAddr]) -> Self {
         let addr: SocketAddr = "127.0.0.1:19090".parse().expect("addr");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = dir.join("prometheus.yml");
@@ -114,7 +113,7 @@ impl Prometheus {
         let child = cmd.spawn().expect("start prometheus");
         Self {
             child,
-            ns_path: ns.path(),
+            ns,
             addr,
             log,
         }
@@ -122,27 +121,12 @@ impl Prometheus {
 
     /// GET `path_and_query` from the server's HTTP API, inside its namespace.
     fn get(&self, path_and_query: &str) -> Result<Value, String> {
-        let (addr, ns_path, request) = (self.addr, self.ns_path.clone(), path_and_query.to_owned());
-        let file = std::fs::File::open(&ns_path).map_err(|e| format!("{ns_path}: {e}"))?;
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd as _;
-            // SAFETY: setns on this thread only, with a namespace fd we hold open.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("setns: {}", std::io::Error::last_os_error()));
-            }
-            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                .map_err(|e| e.to_string())?;
-            conn.set_read_timeout(Some(Duration::from_secs(10)))
-                .map_err(|e| e.to_string())?;
-            write!(conn, "GET {request} HTTP/1.0\r\nHost: prometheus\r\n\r\n")
-                .map_err(|e| e.to_string())?;
-            let mut text = String::new();
-            conn.read_to_string(&mut text).map_err(|e| e.to_string())?;
-            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-            serde_json::from_str(body).map_err(|e| format!("{e}: {text}"))
-        })
-        .join()
-        .map_err(|_| "query thread panicked".to_owned())?
+        let text = self
+            .ns
+            .http_get(self.addr, path_and_query)
+            .map_err(|e| e.to_string())?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        serde_json::from_str(body).map_err(|e| format!("{e}: {text}"))
     }
 
     /// Runs an instant query; the result vector, or the server's error.
@@ -180,7 +164,7 @@ impl Prometheus {
     }
 }
 
-impl Drop for Prometheus {
+impl Drop for Prometheus<'_> {
     fn drop(&mut self) {
         rama_tests::stop_child(&mut self.child, Duration::from_secs(5));
     }
@@ -501,15 +485,7 @@ fn scrapes_while_maps_are_replaced_answer_or_fail_cleanly() {
             .run_in(move || {
                 let mut answers = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let mut text = String::new();
-                    let result =
-                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-                            .and_then(|mut conn| {
-                                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-                                conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
-                                conn.read_to_string(&mut text)
-                            });
-                    answers.push(result.map(|_| text).map_err(|e| e.to_string()));
+                    answers.push(http_get(addr, "/metrics").map_err(|e| e.to_string()));
                 }
                 answers
             })
