@@ -3,7 +3,10 @@
 //!
 //! Pinning is what makes agent restarts and upgrades hitless: the maps outlive the
 //! process, and links are replaced by attaching the new program first (TCX ordering)
-//! and only then releasing the old link.
+//! and only then releasing the old link. Kernels before 6.6 have no TCX: there the
+//! TC programs sit in clsact filters at a fixed priority and handle, whose program is
+//! swapped in place, and each filter's program is pinned under `filters/` (named as
+//! its link would be) so that stale filters are found and detached like stale links.
 use std::{
     collections::{HashMap, HashSet},
     mem::size_of,
@@ -16,9 +19,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::TcAttachOptions,
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     },
 };
 use rama_common::{
@@ -34,6 +37,11 @@ use crate::{
     net::Netlink,
     state::{Fabric, LocalEndpoint, Subnet, ValidState},
 };
+
+/// Subdirectories of the pin directory: pinned links (TCX, XDP), and the programs of
+/// netlink TC filters on kernels without TCX.
+const LINKS: &str = "links";
+const FILTERS: &str = "filters";
 
 /// IFLA_IFALIAS of the collect-metadata VXLAN device this backend creates.
 const VXLAN_ALIAS: &str = "rama:ebpf";
@@ -107,8 +115,10 @@ impl EbpfDataplane {
         let maps_dir = pin_dir.join("maps");
         std::fs::create_dir_all(&maps_dir)
             .map_err(|e| Error::io(format!("creating pin directory {}", maps_dir.display()), e))?;
-        std::fs::create_dir_all(pin_dir.join("links"))
-            .map_err(|e| Error::io(format!("creating {}", pin_dir.display()), e))?;
+        for dir in [LINKS, FILTERS] {
+            std::fs::create_dir_all(pin_dir.join(dir))
+                .map_err(|e| Error::io(format!("creating {}", pin_dir.display()), e))?;
+        }
         let cap = config.capacity;
         let layouts = [
             (
@@ -467,25 +477,20 @@ impl EbpfDataplane {
         if self.attached.contains(&pin_name) {
             return Ok(());
         }
-        let pin_path = self.pin_dir.join("links").join(&pin_name);
+        let pin_path = self.pin_dir.join(LINKS).join(&pin_name);
         let prog: &mut SchedClassifier = program(&mut self.ebpf, prog_name)?;
         let what = || format!("attaching {prog_name} to {ifname}");
         let tcx = aya::util::KernelVersion::current()
             .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
             .unwrap_or(false);
         if !tcx {
-            // Before 6.6 there is no TCX: netlink attach under a clsact qdisc, which
-            // the kernel keeps until it is removed (no link to pin).
-            match aya::programs::tc::qdisc_add_clsact(ifname) {
-                Ok(()) => {}
-                Err(aya::programs::tc::TcError::AlreadyAttached) => {}
-                Err(e) => return Err(Error::ebpf(format!("adding clsact to {ifname}"), e)),
-            }
-            let id = prog
-                .attach(ifname, TcAttachType::Ingress)
-                .map_err(|e| Error::ebpf(what(), e))?;
-            let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
-            std::mem::forget(link);
+            attach_netlink(prog, prog_name, ifname)?;
+            // No link to pin: the filter's program, pinned under the link's name,
+            // stands for it (see release_filter).
+            let filter_pin = self.pin_dir.join(FILTERS).join(&pin_name);
+            let _ = std::fs::remove_file(&filter_pin);
+            prog.pin(&filter_pin)
+                .map_err(|e| Error::ebpf(format!("pinning {}", filter_pin.display()), e))?;
             self.attached.insert(pin_name);
             return Ok(());
         }
@@ -512,7 +517,7 @@ impl EbpfDataplane {
         if self.attached.contains(&pin_name) {
             return Ok(());
         }
-        let pin_path = self.pin_dir.join("links").join(&pin_name);
+        let pin_path = self.pin_dir.join(LINKS).join(&pin_name);
         // Only one XDP program per device: release the old one first. XDP is only a
         // pre-filter, so the gap lets frames through to TC, it drops none.
         release_pinned(&pin_path);
@@ -530,17 +535,22 @@ impl EbpfDataplane {
         Ok(())
     }
 
-    /// Releases pinned links of interfaces that are no longer Rama's to serve.
+    /// Releases pinned links (and netlink filters) of interfaces that are no longer
+    /// Rama's to serve.
     fn release_stale_links(&mut self, wanted: &HashSet<String>) {
-        let dir = self.pin_dir.join("links");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !wanted.contains(&name) {
-                release_pinned(&entry.path());
-                self.attached.remove(&name);
+        for (dir, release) in [
+            (LINKS, release_pinned as fn(&Path)),
+            (FILTERS, release_filter),
+        ] {
+            let Ok(entries) = std::fs::read_dir(self.pin_dir.join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !wanted.contains(&name) {
+                    release(&entry.path());
+                    self.attached.remove(&name);
+                }
             }
         }
     }
@@ -647,9 +657,14 @@ where
 /// the fallback must stop running the programs). Absent pins are fine.
 pub fn release_pins(pin_root: &Path) -> Result<()> {
     let dir = versioned_pin_dir(pin_root);
-    if let Ok(entries) = std::fs::read_dir(dir.join("links")) {
-        for entry in entries.flatten() {
-            release_pinned(&entry.path());
+    for (sub, release) in [
+        (LINKS, release_pinned as fn(&Path)),
+        (FILTERS, release_filter),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
+            for entry in entries.flatten() {
+                release(&entry.path());
+            }
         }
     }
     match std::fs::remove_dir_all(&dir) {
@@ -697,6 +712,91 @@ fn release_pinned(path: &Path) {
     } else if path.exists() {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// Detaches the netlink filter a program pinned under `filters/PROGRAM@IFINDEX`
+/// stands for (kernels before 6.6), then unpins the program; an interface that is
+/// gone took its filters with it.
+fn release_filter(path: &Path) {
+    if let Some((prog_name, ifindex)) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.split_once('@'))
+        && let Ok(ifindex) = ifindex.parse::<u32>()
+        && let Some(ifname) = ifname_of(ifindex)
+    {
+        // By name: also removes filters an older agent left at other priorities.
+        match aya::programs::tc::qdisc_detach_program(&ifname, TcAttachType::Ingress, prog_name) {
+            Ok(()) => {}
+            Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("detaching {prog_name} from {ifname}: {e}"),
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Where Rama's filter sits in a clsact hook on kernels before 6.6 (no TCX): a fixed
+/// priority and handle, so that a restarted or upgraded agent replaces its filter in
+/// place (RTM_NEWTFILTER without NLM_F_EXCL swaps the program atomically) instead of
+/// stacking a new one in front of the old. Priority 1 runs it before filters others
+/// add with the default (auto-assigned) priorities.
+const NETLINK_TC_PRIORITY: u16 = 1;
+const NETLINK_TC_HANDLE: TcHandle = TcHandle::new(0, 0x5241);
+
+/// Attaches `prog` to `ifname`'s ingress under a clsact qdisc (the pre-TCX way), or
+/// replaces the program of Rama's filter already there.
+fn attach_netlink(prog: &mut SchedClassifier, prog_name: &str, ifname: &str) -> Result<()> {
+    let what = || format!("attaching {prog_name} to {ifname} (netlink, clsact)");
+    match aya::programs::tc::qdisc_add_clsact(ifname) {
+        Ok(()) | Err(TcError::AlreadyAttached) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(Error::ebpf(format!("adding clsact to {ifname}"), e)),
+    }
+    let options = NlOptions {
+        priority: NETLINK_TC_PRIORITY,
+        handle: NETLINK_TC_HANDLE,
+        classid: None,
+    };
+    let id = match prog.attach_with_options(
+        ifname,
+        TcAttachType::Ingress,
+        TcAttachOptions::Netlink(options),
+    ) {
+        Ok(id) => id,
+        Err(ProgramError::TcError(TcError::NetlinkError(e)))
+            if e.raw_os_error() == Some(libc::EEXIST) =>
+        {
+            let existing = SchedClassifierLink::attached(
+                ifname,
+                TcAttachType::Ingress,
+                NETLINK_TC_PRIORITY,
+                NETLINK_TC_HANDLE,
+                None,
+            )
+            .map_err(|e| Error::io(what(), e))?;
+            prog.attach_to_link(existing)
+                .map_err(|e| Error::ebpf(what(), e))?
+        }
+        Err(e) => return Err(Error::ebpf(what(), e)),
+    };
+    // The filter stays when this process exits: take the link out of aya's
+    // bookkeeping so dropping the program does not detach it.
+    let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// The name of interface `ifindex`, or None when it is gone.
+fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname(3) requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// Makes a hash map equal to `wanted`: upsert everything, then delete the rest.
@@ -907,7 +1007,10 @@ impl Dataplane for EbpfDataplane {
             }
         }
         let pin = format!("{}@{}", names::PROG_POD_EGRESS, link.index);
-        if !self.attached.contains(&pin) && !self.pin_dir.join("links").join(&pin).exists() {
+        if !self.attached.contains(&pin)
+            && !self.pin_dir.join(LINKS).join(&pin).exists()
+            && !self.pin_dir.join(FILTERS).join(&pin).exists()
+        {
             return fail(format!(
                 "{} is not attached to {}",
                 names::PROG_POD_EGRESS,
