@@ -38,6 +38,30 @@ pub const NODE_LABEL: &str = "rack=r1";
 /// [`cleanup_after_signal`].
 static RUNNING: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
 
+/// For a binary (the demo, the kernel matrix) interrupted by Ctrl-C or SIGTERM, when
+/// no destructor will run: a thread of its own waits for the signal and removes
+/// everything the run's clusters (tagged `tag`) created, then exits with 130. Call it
+/// before any other thread exists.
+pub fn clean_up_on_signal(tag: &str) {
+    let prefix = format!("{tag}{}", std::process::id() % 100_000);
+    // SAFETY: signal masks set before any other thread exists, then sigwait(3) on a
+    // dedicated thread: the portable way to handle signals synchronously.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            libc::sigwait(&set, &mut sig);
+            eprintln!("\ninterrupted: removing what this run created");
+            cleanup_after_signal(&prefix);
+            std::process::exit(130);
+        });
+    }
+}
+
 /// After SIGINT/SIGTERM (the demo's Ctrl-C), when no destructor will run: stops the
 /// agents this process started (by PID) and removes the network namespaces, pin and
 /// scratch directories whose names carry `tag` (a cluster's tag prefix).
@@ -295,11 +319,17 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
             .stderr(logfile);
-        // SAFETY: prctl(2) between fork and exec, async-signal-safe. An agent must
-        // not outlive a harness that died without cleaning up (SIGTERM then).
+        // SAFETY: prctl(2) and sigprocmask(2) between fork and exec, both
+        // async-signal-safe. An agent must not outlive a harness that died without
+        // cleaning up (SIGTERM then), and must get SIGTERM: a harness that handles
+        // signals on a thread of its own (clean_up_on_signal) has them blocked, and
+        // the mask is inherited across exec.
         unsafe {
             use std::os::unix::process::CommandExt as _;
             cmd.pre_exec(|| {
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
                 Ok(())
             });

@@ -10,7 +10,7 @@ use std::{process::ExitCode, time::Instant};
 use rama_agent::dataplane::DatapathMode;
 use rama_cni::api::{Call, Reply, Request, Response};
 use rama_tests::{
-    agents::cleanup_after_signal,
+    agents::clean_up_on_signal,
     cluster::{Cluster, PodNet},
     matrix::{Cell, FULL_PODS, MIXED_PODS, MIXED_SKIP, full_cells, mixed_cells, run_matrix},
 };
@@ -83,26 +83,7 @@ fn main() -> ExitCode {
         eprintln!("rama-demo needs root (network namespaces, BPF)");
         return ExitCode::FAILURE;
     }
-    // Ctrl-C / SIGTERM: no destructor runs after a signal, so a thread of its own
-    // waits for one and removes everything this run created (names carry the tag).
-    let prefix = format!("{TAG}{}", std::process::id() % 100_000);
-    // SAFETY: signal masks set before any other thread exists, then sigwait(3) on a
-    // dedicated thread: the portable way to handle signals synchronously.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let waiter = set;
-        std::thread::spawn(move || {
-            let mut sig = 0;
-            libc::sigwait(&waiter, &mut sig);
-            eprintln!("\ninterrupted: removing what the demo created");
-            cleanup_after_signal(&prefix);
-            std::process::exit(130);
-        });
-    }
+    clean_up_on_signal(TAG);
     let started = Instant::now();
     println!(
         "Rama demo: two nodes, rama-agent in standalone mode on each, pods created by \
