@@ -113,6 +113,10 @@ pub struct Cluster {
     /// Agents started with [`Cluster::start_agent`], by node (see `agents.rs`).
     pub agents: Vec<Option<crate::agents::AgentProcess>>,
     pub scratch: PathBuf,
+    /// Whether this kernel has 802.1Q devices: then the router terminates the VLANs on
+    /// sub-interfaces of one trunk port and the switch filters VLANs, as in a real
+    /// network; otherwise a tc fixture stands in (see the crate docs).
+    pub vlan_devices: bool,
     pin_root: PathBuf,
 }
 
@@ -138,8 +142,10 @@ impl Cluster {
             sw,
             agents: Vec::new(),
             scratch,
+            vlan_devices: false,
             pin_root,
         };
+        cluster.vlan_devices = has_vlan_devices(&cluster.sw);
         cluster.build_fabric()?;
         for (i, datapath) in datapaths.iter().enumerate() {
             cluster.add_node(i as u8 + 1, *datapath)?;
@@ -165,35 +171,10 @@ impl Cluster {
         }
         gw.sysctl("net.ipv4.ip_forward", "1")?;
         gw.sysctl("net.ipv6.conf.all.forwarding", "1")?;
-        // Router ports into the switch: one per VLAN, one untagged (node network).
-        let mut ports: Vec<(String, Option<u16>)> =
-            VLANS.iter().map(|v| (format!("v{v}"), Some(*v))).collect();
-        ports.push(("native".into(), None));
-        for (port, vlan) in &ports {
-            let peer = format!("gw-{port}");
-            gw.ip(&[
-                "link", "add", port, "type", "veth", "peer", "name", &peer, "netns", &sw.name,
-            ])?;
-            sw.ip(&["link", "set", &peer, "master", "br0", "up"])?;
-            gw.ip(&["link", "set", port, "up"])?;
-            match vlan {
-                Some(v) => {
-                    gw.ip(&["addr", "add", &format!("10.{v}.0.1/24"), "dev", port])?;
-                    gw.ip(&[
-                        "addr",
-                        "add",
-                        &format!("fd00:{v}::1/64"),
-                        "dev",
-                        port,
-                        "nodad",
-                    ])?;
-                    vlan_fixture::attach(gw, port, *v, &self.scratch)?;
-                }
-                None => {
-                    gw.ip(&["addr", "add", "10.0.0.254/24", "dev", port])?;
-                    gw.ip(&["addr", "add", "fd00::254/64", "dev", port, "nodad"])?;
-                }
-            }
+        if self.vlan_devices {
+            self.build_vlan_trunk()?;
+        } else {
+            self.build_vlan_ports()?;
         }
         gw.ip(&[
             "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
@@ -206,6 +187,72 @@ impl Cluster {
         ext.ip(&["addr", "add", "fd00:e::2/64", "dev", "eth0", "nodad"])?;
         ext.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
         ext.ip(&["-6", "route", "add", "default", "via", "fd00:e::1"])?;
+        Ok(())
+    }
+
+    /// Without 802.1Q devices: one router port per VLAN and one untagged, each VLAN
+    /// port made an access port by the tc fixture.
+    fn build_vlan_ports(&self) -> Result<()> {
+        let (sw, gw) = (&self.sw, &self.gw);
+        let mut ports: Vec<(String, Option<u16>)> =
+            VLANS.iter().map(|v| (format!("v{v}"), Some(*v))).collect();
+        ports.push(("native".into(), None));
+        for (port, vlan) in &ports {
+            let peer = format!("gw-{port}");
+            gw.ip(&[
+                "link", "add", port, "type", "veth", "peer", "name", &peer, "netns", &sw.name,
+            ])?;
+            sw.ip(&["link", "set", &peer, "master", "br0", "up"])?;
+            gw.ip(&["link", "set", port, "up"])?;
+            match vlan {
+                Some(v) => {
+                    gw_vlan_addresses(gw, port, *v)?;
+                    vlan_fixture::attach(gw, port, *v, &self.scratch)?;
+                }
+                None => gw_native_addresses(gw, port)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// With 802.1Q devices, as a real network is built: the switch is a
+    /// VLAN-filtering bridge, the router's one trunk port carries the node network
+    /// untagged and each VLAN tagged, terminated on a kernel 802.1Q sub-interface.
+    fn build_vlan_trunk(&self) -> Result<()> {
+        let (sw, gw) = (&self.sw, &self.gw);
+        sw.ip(&[
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "vlan_filtering",
+            "1",
+        ])?;
+        gw.ip(&[
+            "link", "add", "trunk", "type", "veth", "peer", "name", "gw-trunk", "netns", &sw.name,
+        ])?;
+        sw.ip(&["link", "set", "gw-trunk", "master", "br0", "up"])?;
+        trunk_port(sw, "gw-trunk")?;
+        gw.ip(&["link", "set", "trunk", "up"])?;
+        gw_native_addresses(gw, "trunk")?;
+        for v in VLANS {
+            let sub = format!("trunk.{v}");
+            gw.ip(&[
+                "link",
+                "add",
+                "link",
+                "trunk",
+                "name",
+                &sub,
+                "type",
+                "vlan",
+                "id",
+                &v.to_string(),
+            ])?;
+            gw.ip(&["link", "set", &sub, "up"])?;
+            gw_vlan_addresses(gw, &sub, v)?;
+        }
         Ok(())
     }
 
@@ -236,6 +283,9 @@ impl Cluster {
             &self.sw.name,
         ])?;
         self.sw.ip(&["link", "set", &peer, "master", "br0", "up"])?;
+        if self.vlan_devices {
+            trunk_port(&self.sw, &peer)?;
+        }
         ns.ip(&["link", "set", "up0", "address", &node.uplink_mac(), "up"])?;
         ns.ip(&["addr", "add", &format!("{}/24", node.ipv4()), "dev", "up0"])?;
         ns.ip(&[
@@ -467,6 +517,56 @@ impl Cluster {
     }
 }
 
+/// Whether the kernel can make 802.1Q devices (tried on a throw-away veth in `ns`).
+fn has_vlan_devices(ns: &Netns) -> bool {
+    let made = ns
+        .ip(&[
+            "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
+        ])
+        .is_ok();
+    let vlan = made
+        && ns
+            .ip(&[
+                "link", "add", "link", "probe0", "name", "probe0.7", "type", "vlan", "id", "7",
+            ])
+            .is_ok();
+    if made {
+        let _ = ns.ip(&["link", "del", "probe0"]);
+    }
+    vlan
+}
+
+/// A switch port that carries the node network untagged (the default PVID 1) and
+/// every VLAN of the test network tagged.
+fn trunk_port(sw: &Netns, port: &str) -> Result<()> {
+    for v in VLANS {
+        sw.exec(
+            "bridge",
+            &["vlan", "add", "dev", port, "vid", &v.to_string()],
+        )?;
+    }
+    Ok(())
+}
+
+fn gw_vlan_addresses(gw: &Netns, dev: &str, vlan: u16) -> Result<()> {
+    gw.ip(&["addr", "add", &format!("10.{vlan}.0.1/24"), "dev", dev])?;
+    gw.ip(&[
+        "addr",
+        "add",
+        &format!("fd00:{vlan}::1/64"),
+        "dev",
+        dev,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
+fn gw_native_addresses(gw: &Netns, dev: &str) -> Result<()> {
+    gw.ip(&["addr", "add", "10.0.0.254/24", "dev", dev])?;
+    gw.ip(&["addr", "add", "fd00::254/64", "dev", dev, "nodad"])?;
+    Ok(())
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         // Agents stop first (they hold sockets and pins), then pods and nodes (their
@@ -540,17 +640,19 @@ impl Cluster {
             .join(rama_common::names::MAP_VLANS)
     }
 
-    /// Pinned links of node `i`.
+    /// The pinned attachments of node `i` (`PROGRAM@IFINDEX`).
     pub fn pinned_links(&self, i: usize) -> Vec<String> {
-        let dir =
-            rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir).join("links");
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
+        let dir = rama_agent::dataplane::ebpf::versioned_pin_dir(&self.nodes[i].pin_dir);
+        // Links (TCX, XDP), and the programs that stand for netlink TC filters on
+        // kernels without TCX: the same names either way.
+        let mut names: Vec<String> = ["links", "filters"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(dir.join(sub)).ok())
+            .flat_map(|d| {
                 d.flatten()
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
             })
-            .unwrap_or_default();
+            .collect();
         names.sort();
         names
     }

@@ -5,21 +5,25 @@
 //! ```text
 //!            ext (external host)
 //!             |
-//!   gw (router: one port per VLAN + the untagged node network + ext)
-//!    | v100  | v200  | native
-//!   sw (a plain Linux bridge: the physical switch, forwards 802.1Q frames)
+//!   gw (router: the VLANs' gateway, the untagged node network, ext)
+//!    |
+//!   sw (a Linux bridge: the physical switch, carries 802.1Q frames)
 //!    |            |
 //!   n1 (uplink)  n2 (uplink)  ...  nodes, each running the agent's datapath
 //!    |  |          |  |
 //!   pods          pods           each pod its own namespace, veth to its node
 //! ```
 //!
-//! The router terminates each VLAN on its own port. The host kernel here has no 802.1Q
-//! devices, so each VLAN port carries a two-line tc program built here from LLVM IR
-//! (pop the tag on ingress, push it on egress) — deliberately independent of Rama's
-//! programs so one bug cannot hide another. The harness only needs `ip`, `tc`,
-//! `nsenter`, `llc` and the agent binary, so it runs unchanged inside a VM that shares
-//! the host's root filesystem (the kernel matrix).
+//! How the router terminates the VLANs depends on the kernel. With 802.1Q devices
+//! (Debian's kernels, in the kernel-matrix VMs) it is built as a real network is: one
+//! trunk port with a kernel VLAN sub-interface per VLAN, and the switch a
+//! VLAN-filtering bridge whose node ports are trunks. This build machine's kernel has
+//! no 802.1Q devices, so there each VLAN gets a router port of its own carrying a
+//! two-line tc program built here from LLVM IR (pop the tag on ingress, push it on
+//! egress) — deliberately independent of Rama's programs so one bug cannot hide
+//! another. The harness only needs `ip`, `tc`, `bridge`, `nsenter`, `llc` and the
+//! agent binary, so it runs unchanged inside a VM that shares the host's root
+//! filesystem (`cargo xtask kernel-matrix`).
 //!
 //! Names are prefixed with a per-test tag and the process id so tests run in parallel
 //! and never touch anything they did not create.
