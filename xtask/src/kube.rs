@@ -62,7 +62,7 @@ fn run_dir() -> PathBuf {
 }
 
 /// The system's Debian mirror, from its deb822 sources.
-fn debian_mirror() -> Result<String> {
+pub fn debian_mirror() -> Result<String> {
     for entry in std::fs::read_dir("/etc/apt/sources.list.d").context("reading apt sources")? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "sources") {

@@ -6,7 +6,9 @@
 mod bootstrap;
 mod clients;
 mod fuzz;
+mod kmatrix;
 mod kube;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -58,6 +60,29 @@ enum Task {
         #[arg(value_parser = ["build", "up", "down"])]
         action: String,
     },
+    /// Run a command inside a QEMU VM booted on a stock Debian kernel (`setup` fetches
+    /// the kernels once into the cache).
+    Vm {
+        #[command(subcommand)]
+        action: VmAction,
+    },
+    /// The kernel matrix: every path in eBPF, fallback and mixed modes through the
+    /// whole product, on the host's kernel and in VMs on stock Debian kernels; prints
+    /// a table (a row per path, a column per kernel and mode) and writes JSON.
+    KernelMatrix {
+        /// Comma-separated: host, and the VM kernels (6.1, 6.12).
+        #[arg(long, default_value_t = kmatrix::default_kernels())]
+        kernels: String,
+        /// Comma-separated modes (ebpf, fallback, mixed); all by default.
+        #[arg(long)]
+        modes: Option<String>,
+        /// Where each kernel's log and JSON and the combined kernel-matrix.json go.
+        #[arg(long, default_value = "target/kernel-matrix")]
+        out: PathBuf,
+        /// Seconds before a VM is stopped (a failure).
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+    },
     /// Benchmarks: datapath (per-program cost, pod-to-pod throughput/latency) and IPAM.
     Bench {
         /// Fewer repetitions (for a quick look; committed results use the default).
@@ -66,6 +91,34 @@ enum Task {
         /// Where to write the JSON and Markdown results.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum VmAction {
+    /// Install QEMU and busybox, fetch and unpack the Debian kernels (once, cached).
+    Setup,
+    /// Boot a kernel, run COMMAND in the current directory, power off; exits with
+    /// COMMAND's exit code.
+    Run {
+        /// The kernel: 6.1 (bookworm) or 6.12 (bookworm-backports).
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Guest memory (QEMU syntax).
+        #[arg(long, default_value = "2G")]
+        memory: String,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 2)]
+        cpus: u32,
+        /// Seconds before the VM is stopped (a failure).
+        #[arg(long, default_value_t = 900)]
+        timeout: u64,
+        /// A host directory mounted read-write at the same path inside (for results).
+        #[arg(long)]
+        share: Option<PathBuf>,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
 }
 
@@ -176,9 +229,22 @@ fn test() -> Result<()> {
     test.env("RAMA_TEST_APISERVER", kube::server_url())
         .env("RAMA_TEST_TOKEN", kube::TOKEN)
         .env("RAMA_TEST_KUBECONFIG", kubeconfig);
+    // The VM kernels, for the runner's own tests and the kernel matrix.
+    vm::setup()?;
     let result = run(&mut test);
     kube::down()?;
-    result
+    // The kernel matrix: every path in every mode on the host's kernel and on the
+    // Debian kernels in VMs (about 4 minutes; the VMs run side by side).
+    let matrix = kmatrix::run(&kmatrix::Options {
+        kernels: kmatrix::default_kernels()
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
+        modes: None,
+        out: root().join("target/kernel-matrix"),
+        timeout: 1800,
+    });
+    result.and(matrix)
 }
 
 fn main() -> Result<()> {
@@ -224,6 +290,44 @@ fn main() -> Result<()> {
             "up" => kube::up().map(|_| ()),
             _ => kube::down(),
         },
+        Task::Vm { action } => match action {
+            VmAction::Setup => vm::setup(),
+            VmAction::Run {
+                kernel,
+                memory,
+                cpus,
+                timeout,
+                share,
+                command,
+            } => {
+                vm::setup()?;
+                let opts = vm::Options {
+                    kernel,
+                    memory,
+                    cpus,
+                    timeout: std::time::Duration::from_secs(timeout),
+                    share,
+                    log: None,
+                };
+                let code = vm::run_in_vm(&opts, &command)?;
+                std::process::exit(code)
+            }
+        },
+        Task::KernelMatrix {
+            kernels,
+            modes,
+            out,
+            timeout,
+        } => {
+            bootstrap::ensure()?;
+            run(cargo().args(["build", "--bins"]))?;
+            kmatrix::run(&kmatrix::Options {
+                kernels: kernels.split(',').map(str::to_owned).collect(),
+                modes,
+                out: root().join(out),
+                timeout,
+            })
+        }
         Task::Bench { quick, out } => {
             bootstrap::ensure()?;
             run(cargo().args(["build", "--release", "--bins"]))?;
