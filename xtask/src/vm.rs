@@ -216,7 +216,8 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The first stage, in the initramfs: load the modules that reach the root, mount the
 /// host's root read-only under a tmpfs overlay, the kernel's own module tree over
-/// /lib/modules, and switch to it. `vm.ctl=` names the run's control directory.
+/// /lib/modules, and switch to it. /tmp stays the host's (under the overlay): a
+/// checkout there must be visible to the command. `vm.ctl=` names the run's control directory.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
@@ -248,7 +249,6 @@ mount -t bpf -o mode=700 bpf $R/sys/fs/bpf
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
-mount -t tmpfs -o mode=1777 tmp $R/tmp
 if [ -n "$VM_SHARE" ]; then
     mkdir -p "$R$VM_SHARE"
     mount -t 9p -o $O vmshare "$R$VM_SHARE" || fail "mounting the share over 9p"
@@ -271,9 +271,13 @@ export VM_SHARE
 # Held open for the whole run: the virtio console resets its settings on last close.
 exec 3<>/dev/hvc0
 /run/vm/busybox stty -onlcr <&3 2>/dev/null
-cd "$VM_CWD" 2>/dev/null || cd /
-/bin/bash "$CTL/cmd" </dev/null >&3 2>&3 3>&-
-echo "rc=$?" >/dev/hvc1
+if cd "$VM_CWD"; then
+    /bin/bash "$CTL/cmd" </dev/null >&3 2>&3 3>&-
+    echo "rc=$?" >/dev/hvc1
+else
+    echo "rama-vm: the working directory $VM_CWD is not visible in the guest" >&3
+    echo "rc=125" >/dev/hvc1
+fi
 sync
 /run/vm/busybox poweroff -f
 "#;
@@ -600,7 +604,7 @@ mod tests {
             ..options("6.12")
         };
         let line = format!(
-            "echo booted $(uname -r); echo written > {}/from-guest; exit 7",
+            "echo booted $(uname -r) in $(pwd); echo written > {}/from-guest; exit 7",
             dir.display()
         );
         let code = run_in_vm(&opts, &command(&line));
@@ -609,6 +613,11 @@ mod tests {
         fs::remove_dir_all(&dir).ok();
         assert_eq!(code.expect("the VM ran"), 7, "{out}");
         assert!(out.contains("booted 6.12"), "{out}");
+        let cwd = std::env::current_dir().expect("cwd");
+        assert!(
+            out.contains(&format!("in {}", cwd.display())),
+            "the command runs in the caller's directory: {out}"
+        );
         assert_eq!(
             shared.trim(),
             "written",
