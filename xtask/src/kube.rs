@@ -1,6 +1,7 @@
-//! A real kube-apiserver (and etcd) for the controller's tests, built from Debian's
-//! `kubernetes` source package (1.20.2, the full upstream tree with vendor/) with
-//! Debian's Go, once, into a cache outside the repository.
+//! A real kube-apiserver (and etcd) for the controller's tests, and the kubectl of
+//! the same release for applying manifests (its built-in kustomize is v2.0.3), built
+//! from Debian's `kubernetes` source package (1.20.2, the full upstream tree with
+//! vendor/) with Debian's Go, once, into a cache outside the repository.
 //!
 //! Why these steps (found while proving the build here):
 //! - the source comes through a private apt configuration that adds a `deb-src`
@@ -55,6 +56,10 @@ fn work_dir() -> PathBuf {
 
 pub fn binary() -> PathBuf {
     work_dir().join("bin/kube-apiserver")
+}
+
+pub fn kubectl() -> PathBuf {
+    work_dir().join("bin/kubectl")
 }
 
 fn run_dir() -> PathBuf {
@@ -125,17 +130,22 @@ pub fn source_archive() -> Result<PathBuf> {
     find().context("no kubernetes .orig.tar.gz downloaded")
 }
 
-/// Builds kube-apiserver unless the cache has it.
+/// Builds kube-apiserver and kubectl unless the cache has them; the API server's path.
 pub fn build() -> Result<PathBuf> {
     let bin = binary();
-    if bin.exists() {
-        eprintln!("kube-apiserver: cached at {}", bin.display());
+    if bin.exists() && kubectl().exists() {
+        eprintln!(
+            "kube-apiserver, kubectl: cached in {}",
+            bin.parent().context("bin dir")?.display()
+        );
         return Ok(bin);
     }
     bootstrap::ensure_packages(PACKAGES)?;
     let work = work_dir();
     let tarball = source_archive()?;
     let src = work.join("src");
+    // A tree left by an interrupted build is unpacked afresh.
+    std::fs::remove_dir_all(&src).ok();
     std::fs::create_dir_all(&src)?;
     run(Command::new("tar")
         .current_dir(&src)
@@ -174,7 +184,7 @@ pub fn build() -> Result<PathBuf> {
     )?;
     run(Command::new("make")
         .current_dir(&tree)
-        .arg("WHAT=cmd/kube-apiserver")
+        .arg("WHAT=cmd/kube-apiserver cmd/kubectl")
         .env("HOME", work.join("home"))
         .env("GOPATH", tree.join(".go"))
         .env("GOCACHE", cache_dir().join("gocache"))
@@ -184,11 +194,16 @@ pub fn build() -> Result<PathBuf> {
         .env("CGO_ENABLED", "0")
         .env("KUBE_GIT_VERSION_FILE", &version_file))?;
     std::fs::create_dir_all(bin.parent().context("bin dir")?)?;
+    std::fs::copy(tree.join("_output/bin/kubectl"), kubectl())?;
+    // Last: its presence means the build is whole.
     std::fs::copy(tree.join("_output/bin/kube-apiserver"), &bin)?;
-    // The tree is 1.5 GB; the binary is all we keep (and the archive, whose vendor/
+    // The tree is 1.5 GB; the binaries are all we keep (and the archive, whose vendor/
     // the CRI test client builds against).
     std::fs::remove_dir_all(&src).ok();
-    eprintln!("kube-apiserver: built {}", bin.display());
+    eprintln!(
+        "kube-apiserver, kubectl: built in {}",
+        work.join("bin").display()
+    );
     Ok(bin)
 }
 

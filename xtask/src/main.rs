@@ -228,7 +228,8 @@ fn test() -> Result<()> {
     let kubeconfig = kube::up()?;
     test.env("RAMA_TEST_APISERVER", kube::server_url())
         .env("RAMA_TEST_TOKEN", kube::TOKEN)
-        .env("RAMA_TEST_KUBECONFIG", kubeconfig);
+        .env("RAMA_TEST_KUBECONFIG", kubeconfig)
+        .env("RAMA_TEST_KUBECTL", kube::kubectl());
     // The VM kernels, for the runner's own tests and the kernel matrix.
     vm::setup()?;
     let result = run(&mut test);
