@@ -403,9 +403,9 @@ pub fn lifecycle(c: &mut Cluster, node: usize) -> Vec<Check> {
                 after.1
             );
         }
-        for cell in cells().iter().filter(|c| {
+        for cell in cells().iter().filter(|cell| {
             matches!(
-                c.name,
+                cell.name,
                 "underlay cross-node, same subnet" | "hybrid underlay → overlay"
             )
         }) {
@@ -422,7 +422,10 @@ pub fn lifecycle(c: &mut Cluster, node: usize) -> Vec<Check> {
         ))
     })();
     let teardown = (|| -> Result<String> {
-        c.stop_agent(node, libc::SIGTERM)?;
+        // Torn down even when the restart above failed to bring the agent back.
+        if c.agents.get(node).is_some_and(Option::is_some) {
+            c.stop_agent(node, libc::SIGTERM)?;
+        }
         let n = &c.nodes[node];
         let out = n.ns.exec_output(
             crate::agent_binary()
