@@ -29,6 +29,9 @@ pub struct Options {
     pub timeout: u64,
 }
 
+/// The modes rama-matrix knows.
+const MODES: [&str; 3] = ["ebpf", "fallback", "mixed"];
+
 /// The kernels the matrix runs by default.
 pub fn default_kernels() -> String {
     let mut all = vec!["host"];
@@ -50,11 +53,19 @@ struct Run {
 /// emulated VM keeps one host core busy), prints the table and writes
 /// `kernel-matrix.json`; fails when a cell failed or a kernel gave no results.
 pub fn run(opts: &Options) -> Result<()> {
+    // Checked here, before any VM boots, rather than by rama-matrix in each of them.
     for k in &opts.kernels {
         if k != "host" && !vm::KERNELS.iter().any(|(name, _)| name == k) {
-            bail!("unknown kernel {k:?}: expected host or one of {}", {
-                vm::KERNELS.map(|k| k.0).join(", ")
-            });
+            let known = vm::KERNELS.map(|k| k.0).join(", ");
+            bail!("unknown kernel {k:?}: expected host or one of {known}");
+        }
+    }
+    for mode in opts.modes.iter().flat_map(|m| m.split(',')) {
+        if !MODES.contains(&mode) {
+            bail!(
+                "unknown mode {mode:?}: expected one of {}",
+                MODES.join(", ")
+            );
         }
     }
     if opts.kernels.iter().any(|k| k != "host") {
@@ -353,6 +364,20 @@ mod tests {
         let msg = format!("{e:#}");
         assert!(msg.contains(r#"unknown kernel "5.10""#), "{msg}");
         assert!(msg.contains("6.1, 6.12"), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_mode_is_refused_before_anything_runs() {
+        let e = run(&Options {
+            kernels: vec!["6.1".into()],
+            modes: Some("ebpf,turbo".into()),
+            out: std::env::temp_dir().join("rama-kmatrix-unused"),
+            timeout: 1,
+        })
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains(r#"unknown mode "turbo""#), "{msg}");
+        assert!(msg.contains("ebpf, fallback, mixed"), "{msg}");
     }
 
     #[test]
