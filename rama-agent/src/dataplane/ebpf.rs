@@ -99,6 +99,8 @@ pub struct EbpfDataplane {
     fallback_removed: super::Written<()>,
     /// The VLANs RAMA_VLANS marks as served.
     vlans: super::Written<HashSet<u16>>,
+    /// Whether the kernel has TCX (6.6): else TC programs go in clsact filters.
+    tcx: bool,
 }
 
 impl EbpfDataplane {
@@ -186,6 +188,9 @@ impl EbpfDataplane {
             host: Default::default(),
             fallback_removed: Default::default(),
             vlans: Default::default(),
+            tcx: aya::util::KernelVersion::current()
+                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                .unwrap_or(false),
         })
     }
 
@@ -480,10 +485,7 @@ impl EbpfDataplane {
         let pin_path = self.pin_dir.join(LINKS).join(&pin_name);
         let prog: &mut SchedClassifier = program(&mut self.ebpf, prog_name)?;
         let what = || format!("attaching {prog_name} to {ifname}");
-        let tcx = aya::util::KernelVersion::current()
-            .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
-            .unwrap_or(false);
-        if !tcx {
+        if !self.tcx {
             attach_netlink(prog, prog_name, ifname)?;
             // No link to pin: the filter's program, pinned under the link's name,
             // stands for it (see release_filter).
@@ -538,20 +540,8 @@ impl EbpfDataplane {
     /// Releases pinned links (and netlink filters) of interfaces that are no longer
     /// Rama's to serve.
     fn release_stale_links(&mut self, wanted: &HashSet<String>) {
-        for (dir, release) in [
-            (LINKS, release_pinned as fn(&Path)),
-            (FILTERS, release_filter),
-        ] {
-            let Ok(entries) = std::fs::read_dir(self.pin_dir.join(dir)) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if !wanted.contains(&name) {
-                    release(&entry.path());
-                    self.attached.remove(&name);
-                }
-            }
+        for name in release_attachments(&self.pin_dir, |name| !wanted.contains(name)) {
+            self.attached.remove(&name);
         }
     }
 
@@ -657,16 +647,7 @@ where
 /// the fallback must stop running the programs). Absent pins are fine.
 pub fn release_pins(pin_root: &Path) -> Result<()> {
     let dir = versioned_pin_dir(pin_root);
-    for (sub, release) in [
-        (LINKS, release_pinned as fn(&Path)),
-        (FILTERS, release_filter),
-    ] {
-        if let Ok(entries) = std::fs::read_dir(dir.join(sub)) {
-            for entry in entries.flatten() {
-                release(&entry.path());
-            }
-        }
-    }
+    release_attachments(&dir, |_| true);
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -702,6 +683,29 @@ fn unpin_if_different(path: &Path, key_size: usize, value_size: usize, max_entri
     }
 }
 
+/// Releases the pinned links and netlink filters under `pin_dir` whose names `stale`
+/// picks; their names.
+fn release_attachments(pin_dir: &Path, stale: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut released = Vec::new();
+    for (sub, release) in [
+        (LINKS, release_pinned as fn(&Path)),
+        (FILTERS, release_filter),
+    ] {
+        for entry in std::fs::read_dir(pin_dir.join(sub))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if stale(&name) {
+                release(&entry.path());
+                released.push(name);
+            }
+        }
+    }
+    released
+}
+
 /// Unpins and drops a pinned link (detaching it); absent is fine.
 fn release_pinned(path: &Path) {
     if let Ok(link) = PinnedLink::from_pin(path) {
@@ -723,7 +727,7 @@ fn release_filter(path: &Path) {
         .and_then(|n| n.to_str())
         .and_then(|n| n.split_once('@'))
         && let Ok(ifindex) = ifindex.parse::<u32>()
-        && let Some(ifname) = ifname_of(ifindex)
+        && let Some(ifname) = crate::inspect::interface_name(ifindex)
     {
         // By name: also removes filters an older agent left at other priorities.
         match aya::programs::tc::qdisc_detach_program(&ifname, TcAttachType::Ingress, prog_name) {
@@ -784,19 +788,6 @@ fn attach_netlink(prog: &mut SchedClassifier, prog_name: &str, ifname: &str) -> 
     let link = prog.take_link(id).map_err(|e| Error::ebpf(what(), e))?;
     std::mem::forget(link);
     Ok(())
-}
-
-/// The name of interface `ifindex`, or None when it is gone.
-fn ifname_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf has IF_NAMESIZE bytes, as if_indextoname(3) requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// Makes a hash map equal to `wanted`: upsert everything, then delete the rest.
