@@ -695,26 +695,33 @@ impl Cluster {
 
     /// Runs `rama-agent teardown` on every node.
     pub fn teardown_all(&self) -> Result<()> {
-        for node in &self.nodes {
+        for i in 0..self.nodes.len() {
             for mode in ["ebpf", "fallback"] {
-                let out = node.ns.exec_output(
-                    agent_binary().to_str().context("agent path")?,
-                    &[
-                        "teardown",
-                        "--datapath",
-                        mode,
-                        "--pin-dir",
-                        node.pin_dir.to_str().context("path")?,
-                    ],
-                )?;
-                if !out.status.success() {
-                    bail!(
-                        "teardown on {} failed: {}",
-                        node.name,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
+                self.teardown_node(i, mode)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Runs `rama-agent teardown --datapath MODE` on node `i`.
+    pub fn teardown_node(&self, i: usize, mode: &str) -> Result<()> {
+        let node = &self.nodes[i];
+        let out = node.ns.exec_output(
+            agent_binary().to_str().context("agent path")?,
+            &[
+                "teardown",
+                "--datapath",
+                mode,
+                "--pin-dir",
+                node.pin_dir.to_str().context("path")?,
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "teardown on {} failed: {}",
+                node.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }

@@ -426,27 +426,7 @@ pub fn lifecycle(c: &mut Cluster, node: usize) -> Vec<Check> {
         if c.agents.get(node).is_some_and(Option::is_some) {
             c.stop_agent(node, libc::SIGTERM)?;
         }
-        let n = &c.nodes[node];
-        let out = n.ns.exec_output(
-            crate::agent_binary()
-                .to_str()
-                .ok_or_else(|| anyhow::anyhow!("agent path"))?,
-            &[
-                "teardown",
-                "--datapath",
-                "ebpf",
-                "--pin-dir",
-                n.pin_dir
-                    .to_str()
-                    .ok_or_else(|| anyhow::anyhow!("pin path"))?,
-            ],
-        )?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "rama-agent teardown failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        c.teardown_node(node, "ebpf")?;
         let left = (
             uplink_filters(c, node)?,
             c.pinned_links(node),

@@ -136,27 +136,13 @@ fn backends_converge_from_each_others_state_and_tear_down_cleanly() {
     }
     // Teardown removes every object Rama owns, from either backend's state.
     for (i, mode) in [(0, "ebpf"), (1, "fallback")] {
-        let node = &c.nodes[i];
-        let out = node
-            .ns
-            .exec_output(
-                rama_tests::agent_binary().to_str().expect("path"),
-                &[
-                    "teardown",
-                    "--datapath",
-                    mode,
-                    "--pin-dir",
-                    node.pin_dir.to_str().expect("path"),
-                ],
-            )
-            .expect("teardown");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        c.teardown_node(i, mode).expect("teardown");
         let left = c.footprint(i);
-        assert!(left.is_empty(), "teardown of {} left:\n{left}", node.name);
+        assert!(
+            left.is_empty(),
+            "teardown of {} left:\n{left}",
+            c.nodes[i].name
+        );
     }
     assert!(c.pinned_links(0).is_empty());
 }

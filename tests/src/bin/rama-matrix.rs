@@ -10,7 +10,7 @@ use rama_agent::dataplane::DatapathMode;
 use rama_tests::{
     agents::clean_up_on_signal,
     cluster::Cluster,
-    matrix::{CellResult, Check, Outcome, full_path, lifecycle, uplink_filters},
+    matrix::{CellResult, Check, Outcome, failures, full_path, lifecycle, uplink_filters},
 };
 use serde_json::{Value, json};
 
@@ -93,7 +93,8 @@ fn check_json(c: &Check) -> Value {
     json!({"check": c.name, "outcome": outcome, "detail": detail})
 }
 
-fn run_mode(mode: &str) -> Value {
+/// One mode's results as JSON, and whether everything in it passed.
+fn run_mode(mode: &str) -> (Value, bool) {
     let datapaths = datapaths(mode).expect("checked when parsed");
     eprintln!("\n=== {mode}: n1 {}, n2 {} ===", datapaths[0], datapaths[1]);
     let started = std::time::Instant::now();
@@ -109,10 +110,7 @@ fn run_mode(mode: &str) -> Value {
             } else {
                 Vec::new()
             };
-            let failed = results
-                .iter()
-                .any(|r| matches!(r.outcome, Outcome::Failed(_)))
-                || checks.iter().any(|c| c.result.is_err());
+            let failed = !failures(&results).is_empty() || checks.iter().any(|c| c.result.is_err());
             if failed {
                 eprintln!(
                     "{}\nn1 agent:\n{}\nn2 agent:\n{}",
@@ -122,18 +120,20 @@ fn run_mode(mode: &str) -> Value {
                 );
             }
             eprintln!("{mode}: {} s", started.elapsed().as_secs());
-            json!({
+            let report = json!({
                 "mode": mode,
                 "seconds": started.elapsed().as_secs(),
                 "vlanDevices": c.vlan_devices,
                 "tcAttach": tc,
                 "cells": results.iter().map(result_json).collect::<Vec<_>>(),
                 "checks": checks.iter().map(check_json).collect::<Vec<_>>(),
-            })
+            });
+            (report, !failed)
         }
         Err(e) => {
             eprintln!("FAIL {mode}: the cluster could not be set up: {e:#}");
-            json!({"mode": mode, "error": format!("{e:#}"), "cells": []})
+            let report = json!({"mode": mode, "error": format!("{e:#}"), "cells": []});
+            (report, false)
         }
     }
 }
@@ -158,15 +158,8 @@ fn main() -> ExitCode {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
     eprintln!("kernel {kernel}");
-    let runs: Vec<Value> = args.modes.iter().map(|m| run_mode(m)).collect();
-    let ok = runs.iter().all(|r| {
-        let passed = |key: &str| {
-            r[key]
-                .as_array()
-                .is_some_and(|items| items.iter().all(|c| c["outcome"] != "failed"))
-        };
-        r.get("error").is_none() && passed("cells") && passed("checks")
-    });
+    let (runs, passed): (Vec<Value>, Vec<bool>) = args.modes.iter().map(|m| run_mode(m)).unzip();
+    let ok = passed.into_iter().all(|p| p);
     let report = json!({"kernel": kernel, "runs": runs});
     if let Some(out) = &args.out {
         let text = serde_json::to_vec_pretty(&report).expect("JSON");
