@@ -85,32 +85,46 @@ pub fn debian_mirror() -> Result<String> {
     bail!("no Debian mirror found in /etc/apt/sources.list.d/*.sources")
 }
 
-/// Downloads Debian's source package `package` (its files, unpacked by no one) into
-/// `dir` through a private apt configuration that adds a `deb-src` line, leaving the
-/// system's apt sources as they are.
-pub fn apt_source(package: &str, dir: &Path) -> Result<()> {
-    let apt = cache_dir().join("apt-src");
-    std::fs::create_dir_all(apt.join("lists/partial"))?;
-    std::fs::write(
-        apt.join("sources.list"),
-        format!("deb-src {} bookworm main\n", debian_mirror()?),
-    )?;
-    let apt_opts = [
+/// A private apt configuration in `dir` with `source` (a sources.list line) as its only
+/// source and no preferences, its lists updated: the options to pass apt-get and
+/// apt-cache. The system's apt configuration stays as it is.
+pub fn private_apt(dir: &Path, source: &str) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir.join("lists/partial"))?;
+    std::fs::create_dir_all(dir.join("archives/partial"))?;
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty)?;
+    std::fs::write(dir.join("sources.list"), format!("{source}\n"))?;
+    let opts = vec![
         format!(
             "-oDir::Etc::SourceList={}",
-            apt.join("sources.list").display()
+            dir.join("sources.list").display()
         ),
-        "-oDir::Etc::SourceParts=/nonexistent".to_owned(),
-        format!("-oDir::State::Lists={}", apt.join("lists").display()),
+        format!("-oDir::Etc::SourceParts={}", empty.display()),
+        format!(
+            "-oDir::Etc::Preferences={}",
+            empty.join("preferences").display()
+        ),
+        format!("-oDir::Etc::PreferencesParts={}", empty.display()),
+        format!("-oDir::State::Lists={}", dir.join("lists").display()),
+        format!("-oDir::Cache={}", dir.display()),
     ];
-    run(Command::new("apt-get")
-        .args(&apt_opts)
-        .args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
+    Ok(opts)
+}
+
+/// Downloads Debian's source package `package` (its files, unpacked by no one) into
+/// `dir` through a private apt configuration that adds a `deb-src` line.
+pub fn apt_source(package: &str, dir: &Path) -> Result<()> {
+    let opts = private_apt(
+        &cache_dir().join("apt-src"),
+        &format!("deb-src {} bookworm main", debian_mirror()?),
+    )?;
     std::fs::create_dir_all(dir)?;
-    run(Command::new("apt-get")
-        .current_dir(dir)
-        .args(&apt_opts)
-        .args(["source", "--download-only", package]))
+    run(Command::new("apt-get").current_dir(dir).args(&opts).args([
+        "source",
+        "--download-only",
+        package,
+    ]))
 }
 
 /// The kubernetes source archive (`.orig.tar.gz`), downloaded once into the cache.

@@ -80,30 +80,10 @@ pub fn setup() -> Result<()> {
 /// Downloads `linux-image-amd64`'s current kernel package of `suite`.
 fn download(suite: &str) -> Result<PathBuf> {
     let apt = base().join("apt").join(suite);
-    fs::create_dir_all(apt.join("lists/partial"))?;
-    fs::create_dir_all(apt.join("archives/partial"))?;
-    fs::write(
-        apt.join("sources.list"),
-        format!("deb {} {suite} main\n", kube::debian_mirror()?),
+    let opts = kube::private_apt(
+        &apt,
+        &format!("deb {} {suite} main", kube::debian_mirror()?),
     )?;
-    // Only this source and no preferences: the system's apt configuration stays out.
-    let empty = apt.join("empty");
-    fs::create_dir_all(&empty)?;
-    let opts = [
-        format!(
-            "-oDir::Etc::SourceList={}",
-            apt.join("sources.list").display()
-        ),
-        format!("-oDir::Etc::SourceParts={}", empty.display()),
-        format!(
-            "-oDir::Etc::Preferences={}",
-            empty.join("preferences").display()
-        ),
-        format!("-oDir::Etc::PreferencesParts={}", empty.display()),
-        format!("-oDir::State::Lists={}", apt.join("lists").display()),
-        format!("-oDir::Cache={}", apt.display()),
-    ];
-    run(Command::new("apt-get").args(&opts).args(["update", "-qq"]))?;
     let depends = Command::new("apt-cache")
         .args(&opts)
         .args(["depends", "linux-image-amd64"])
